@@ -1,0 +1,1 @@
+"""Everything before the device: sources of pairs, the tokenizer, records and the Grain pipeline."""

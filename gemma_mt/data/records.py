@@ -1,0 +1,83 @@
+"""TrainingInput records and the prompt format that builds them (the one place for both).
+
+A record is one row of the model's input: ``BOS prompt target EOS pad…`` where the prompt is
+``prefix + source + suffix``. Only the target and its EOS are in ``target_mask``; there is no BOS
+between prompt and target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+DEFAULT_PREFIX = 'Translate this into French:\n'
+DEFAULT_SUFFIX = '\n'
+
+
+class TrainingInput(NamedTuple):
+  """One row, or a batch of rows, of training input.
+
+  Attributes:
+    input_tokens: ``int32[..., L]`` token ids, BOS first, padded with the pad id.
+    target_mask: ``bool[..., L]`` True where the token is part of the target (target + EOS);
+      the loss predicts exactly these tokens.
+  """
+
+  input_tokens: np.ndarray
+  target_mask: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """How a source sentence becomes a prompt: ``prefix + source + suffix``."""
+
+  prefix: str = DEFAULT_PREFIX
+  suffix: str = DEFAULT_SUFFIX
+
+  @classmethod
+  def from_template(cls, template: str, target_language: str = 'French') -> PromptFormat:
+    """``plain``: the tutorial's prompt; ``gemma_chat``: Gemma's dialog turns around it."""
+    if template == 'plain':
+      return cls(prefix=f'Translate this into {target_language}:\n', suffix='\n')
+    if template == 'gemma_chat':
+      return cls(
+          prefix=f'<start_of_turn>user\nTranslate this into {target_language}:\n',
+          suffix='<end_of_turn>\n<start_of_turn>model\n',
+      )
+    raise ValueError(f'unknown prompt template {template!r}: use plain or gemma_chat')
+
+  def render(self, source: str) -> str:
+    return self.prefix + source + self.suffix
+
+
+PROMPT_TEMPLATES = ('plain', 'gemma_chat')
+# What happens to an example longer than max_seq_len: dropped, or its target cut (EOS kept).
+TOO_LONG_POLICIES = ('drop', 'truncate')
+
+
+def make_training_input(
+    prompt_ids: np.ndarray, target_ids: np.ndarray, max_seq_len: int, pad_id: int
+) -> TrainingInput:
+  """Concatenates ``prompt_ids[p]`` (BOS first) and ``target_ids[t]`` (EOS last), pads to L.
+
+  Raises ValueError if ``p + t > max_seq_len``; callers filter or truncate first.
+  """
+  length = len(prompt_ids) + len(target_ids)
+  if length > max_seq_len:
+    raise ValueError(f'record of {length} tokens does not fit max_seq_len={max_seq_len}')
+  input_tokens = np.full((max_seq_len,), pad_id, dtype=np.int32)
+  input_tokens[: len(prompt_ids)] = prompt_ids
+  input_tokens[len(prompt_ids) : length] = target_ids
+  target_mask = np.zeros((max_seq_len,), dtype=bool)
+  target_mask[len(prompt_ids) : length] = True
+  return TrainingInput(input_tokens=input_tokens, target_mask=target_mask)
+
+
+def empty_training_input(max_seq_len: int, pad_id: int) -> TrainingInput:
+  """A padding row: no tokens, nothing in the target (weighs nothing in any loss)."""
+  return TrainingInput(
+      input_tokens=np.full((max_seq_len,), pad_id, dtype=np.int32),
+      target_mask=np.zeros((max_seq_len,), dtype=bool),
+  )

@@ -1,0 +1,49 @@
+"""``python -m gemma_mt.train``: flags → TrainConfig → train_and_evaluate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Before anything can import TensorFlow: keep its C++ start-up chatter out of the terminal.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging as absl_logging
+
+from gemma_mt import errors
+from gemma_mt.train import flags as train_flags
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = train_flags.config_from_flags()
+  try:
+    config.validate()
+    # Heavy imports (jax, gemma, tensorflow) only once the flags are known to be good.
+    from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
+
+    result = loop.train_and_evaluate(config)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if result.eval_loss is not None:
+    print(f'final eval_loss {result.eval_loss:.4f} at step {result.step}')
+  if result.translations:
+    print('translations of held-out sentences:')
+    loop.print_translations(result)
+
+
+def run() -> None:
+  # Keep the libraries' INFO lines (Orbax logs every file it writes) out of the terminal;
+  # gemma_mt's own INFO lines stay.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('gemma_mt').setLevel(logging.INFO)
+  train_flags.define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

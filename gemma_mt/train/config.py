@@ -1,0 +1,120 @@
+"""TrainConfig: every setting of a training run, frozen, validated, JSON-serializable.
+
+It is saved in every checkpoint, so that a resumed run can tell which changes are safe. This
+module imports neither jax nor the model code: validating a config is instant and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from gemma_mt import errors
+from gemma_mt import models
+from gemma_mt.data import records
+from gemma_mt.data import sources
+
+OPTIMIZERS = ('sgd', 'adamw', 'adafactor')
+LR_SCHEDULES = ('constant', 'cosine', 'linear')
+PARAM_DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(errors.UserError):
+  """A setting that cannot run; the message names the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run. Field names are the ``--flag`` names of ``python -m gemma_mt.train``.
+
+  ``batch_size`` is the global batch (all processes together). ``max_steps=0`` trains for
+  ``num_epochs`` epochs; ``num_epochs=0`` repeats the data until ``max_steps``.
+  """
+
+  workdir: str = 'runs/demo'
+  model: str = 'tiny'
+  dataset: str = 'demo'
+  train_split: str = 'train'
+  eval_split: str = 'valid'
+  prompt_template: str = 'plain'
+  too_long: str = 'drop'
+  max_seq_len: int = 48
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  num_epochs: int = 0
+  max_steps: int = 1600
+  optimizer: str = 'adamw'
+  learning_rate: float = 3e-3
+  lr_schedule: str = 'cosine'
+  warmup_steps: int = 100
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 1.0
+  param_dtype: str = 'float32'
+  eval_every_n: int = 200
+  save_every_n: int = 400
+  log_every_n: int = 20
+  keep_checkpoints: int = 2
+  num_translations: int = 6
+  max_new_tokens: int = 48
+  seed: int = 0
+
+  # Fields that fix the shapes of the parameters: a checkpoint resumes only if they match.
+  SHAPE_FIELDS = ('model', 'param_dtype')
+
+  def validate(self) -> TrainConfig:
+    """Raises ConfigError naming the first bad flag; returns self when all are fine."""
+    if not self.workdir:
+      raise ConfigError('--workdir is required: pass a directory for checkpoints and metrics')
+    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+      raise ConfigError(f'--workdir={self.workdir} is a file: pass a directory path')
+    if self.model not in models.MODELS:
+      raise ConfigError(f'--model={self.model!r} is unknown: use one of {", ".join(models.MODELS)}')
+    try:
+      sources.DatasetSpec.parse(self.dataset)
+    except sources.SourceError as e:
+      raise ConfigError(str(e)) from None
+    for name in ('max_seq_len', 'batch_size', 'eval_batch_size', 'eval_every_n',
+                 'save_every_n', 'log_every_n', 'keep_checkpoints'):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}')
+    for name in ('num_epochs', 'max_steps', 'warmup_steps', 'num_translations',
+                 'max_new_tokens', 'seed'):
+      if getattr(self, name) < 0:
+        raise ConfigError(f'--{name} must be zero or positive, got {getattr(self, name)}')
+    if self.num_epochs == 0 and self.max_steps == 0:
+      raise ConfigError('--num_epochs=0 and --max_steps=0 would train forever: set one of them')
+    if not self.learning_rate > 0:
+      raise ConfigError(f'--learning_rate must be positive, got {self.learning_rate}')
+    if self.weight_decay < 0 or self.grad_clip_norm < 0:
+      raise ConfigError('--weight_decay and --grad_clip_norm must be zero (off) or positive')
+    choices = {
+        'optimizer': OPTIMIZERS,
+        'lr_schedule': LR_SCHEDULES,
+        'param_dtype': PARAM_DTYPES,
+        'prompt_template': records.PROMPT_TEMPLATES,
+        'too_long': records.TOO_LONG_POLICIES,
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(
+            f'--{name}={getattr(self, name)!r} is unknown: use one of {", ".join(allowed)}')
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    """A config from saved values; unknown keys (from a newer version) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+  def changes_from(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (other's value, this value)}`` for every field that differs."""
+    return {
+        f.name: (getattr(other, f.name), getattr(self, f.name))
+        for f in dataclasses.fields(self)
+        if getattr(self, f.name) != getattr(other, f.name)
+    }

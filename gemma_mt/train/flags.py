@@ -1,0 +1,63 @@
+"""absl flags of ``python -m gemma_mt.train``: the only module that reads FLAGS.
+
+Defaults and choices come from TrainConfig. Importing this module imports neither jax nor gemma,
+so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from gemma_mt.train.config import TrainConfig
+
+_HELP = {
+    'workdir': 'Directory of this run: checkpoints/, metrics.jsonl, tensorboard/. A workdir '
+               'with checkpoints resumes from the latest one.',
+    'model': 'Model name: tiny (the embedded default) or bench.',
+    'dataset': 'Where pairs come from: demo (bundled corpus), jsonl:PATH (src/dst objects) or '
+               'tsv:PATH (MTNT id/source/target rows). PATH may contain {split}.',
+    'train_split': 'Split to train on.',
+    'eval_split': 'Split to evaluate on.',
+    'prompt_template': 'plain: "Translate this into French:\\n" + source + "\\n"; gemma_chat: '
+                       'the same inside Gemma\'s <start_of_turn> dialog turns.',
+    'too_long': 'drop: skip examples longer than --max_seq_len; truncate: cut their target.',
+    'max_seq_len': 'Tokens per row (prompt + target + EOS, padded).',
+    'batch_size': 'Global batch size: rows per step over all devices and processes.',
+    'eval_batch_size': 'Global batch size of evaluation.',
+    'num_epochs': 'Epochs of training data when --max_steps=0; 0 repeats the data forever.',
+    'max_steps': 'Optimizer steps to train for; 0 means --num_epochs full epochs.',
+    'optimizer': 'sgd, adamw or adafactor.',
+    'learning_rate': 'Peak learning rate.',
+    'lr_schedule': 'constant, cosine or linear decay to 0 after warmup.',
+    'warmup_steps': 'Steps of linear warmup from 0.',
+    'weight_decay': 'Decoupled weight decay (0 = off).',
+    'grad_clip_norm': 'Clip gradients to this global norm (0 = off).',
+    'param_dtype': 'Parameter dtype: float32 or bfloat16.',
+    'eval_every_n': 'Evaluate on the whole eval split every N steps (and at the end).',
+    'save_every_n': 'Save a checkpoint every N steps (and at the end).',
+    'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',
+    'keep_checkpoints': 'How many recent checkpoints to keep.',
+    'num_translations': 'Eval sentences translated and printed at the end.',
+    'max_new_tokens': 'Longest translation generated, in tokens.',
+    'seed': 'Seed of parameter initialisation and data order.',
+}
+
+
+def define_flags() -> None:
+  """Defines one flag per TrainConfig field (idempotent)."""
+  if 'workdir' in flags.FLAGS:
+    return
+  for field in dataclasses.fields(TrainConfig):
+    default = field.default
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    define = {'int': flags.DEFINE_integer, 'float': flags.DEFINE_float,
+              'str': flags.DEFINE_string}[kind]
+    define(field.name, default, _HELP[field.name])
+
+
+def config_from_flags() -> TrainConfig:
+  """The TrainConfig the parsed flags describe (not yet validated)."""
+  values = {f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(TrainConfig)}
+  return TrainConfig(**values)

@@ -1,0 +1,109 @@
+"""Pure functions of one step: attention inputs, the weighted loss, train_step and eval_step.
+
+Each works for any flax model that takes ``(tokens, positions=, attention_mask=)`` and returns an
+object with ``.logits``; users pass their own model (or loss) in. Losses are returned as sums with
+their token counts, so that sums over batches, devices and accumulation steps stay exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from gemma_mt.data.records import TrainingInput
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a step changes: ``step`` (int32 scalar), ``params``, ``opt_state``."""
+
+  step: jax.Array
+  params: Params
+  opt_state: optax.OptState
+
+
+class LossSums(NamedTuple):
+  """Sums over the target tokens of a batch (float32 scalars)."""
+
+  loss_sum: jax.Array
+  num_tokens: jax.Array
+  num_correct: jax.Array
+
+
+def attention_inputs(input_tokens: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """``positions int32[B, L]`` and causal ``attention_mask bool[B, L, L]`` from the padding.
+
+  Padding is only at the end of a row; a padding key is never attended to.
+  """
+  is_token = input_tokens != pad_id
+  positions = jnp.maximum(jnp.cumsum(is_token, axis=-1) - 1, 0).astype(jnp.int32)
+  length = input_tokens.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+  attention_mask = causal[None, :, :] & is_token[:, None, :]
+  return positions, attention_mask
+
+
+def loss_sums(logits: jax.Array, batch: TrainingInput) -> LossSums:
+  """Cross-entropy of every target token of every row: ``logits[B, L, V]`` predicts token t+1."""
+  labels = batch.input_tokens[:, 1:]
+  weights = batch.target_mask[:, 1:].astype(jnp.float32)
+  logits = logits[:, :-1].astype(jnp.float32)
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return LossSums(
+      loss_sum=jnp.sum(token_loss * weights),
+      num_tokens=jnp.sum(weights),
+      num_correct=jnp.sum(correct * weights),
+  )
+
+
+def model_logits(model: Any, params: Params, batch: TrainingInput, pad_id: int) -> jax.Array:
+  """``float[B, L, V]`` logits of ``model`` on the batch's tokens."""
+  positions, attention_mask = attention_inputs(batch.input_tokens, pad_id)
+  output = model.apply(
+      {'params': params}, batch.input_tokens, positions=positions, attention_mask=attention_mask)
+  return output.logits
+
+
+def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int) -> tuple[
+    jax.Array, LossSums]:
+  """The loss to differentiate: summed target-token loss / number of target tokens."""
+  sums = loss_sums(model_logits(model, params, batch, pad_id), batch)
+  return sums.loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
+
+
+def train_step(
+    state: TrainState,
+    batch: TrainingInput,
+    *,
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    pad_id: int,
+    learning_rate_fn: optax.Schedule | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a global batch; returns the new state and scalar metrics."""
+  grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
+  (loss, sums), grads = grad_fn(state.params, batch, model, pad_id)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      'train_loss': loss,
+      'train_accuracy': sums.num_correct / jnp.maximum(sums.num_tokens, 1.0),
+      'num_target_tokens': sums.num_tokens,
+      'grad_norm': optax.global_norm(grads),
+  }
+  if learning_rate_fn is not None:
+    metrics['learning_rate'] = learning_rate_fn(state.step)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params: Params, batch: TrainingInput, *, model: Any, pad_id: int) -> LossSums:
+  """Loss sums of one evaluation batch; padding rows add nothing."""
+  return loss_sums(model_logits(model, params, batch, pad_id), batch)
