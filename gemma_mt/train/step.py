@@ -96,7 +96,7 @@ def train_step(
       'train_loss': loss,
       'train_accuracy': sums.num_correct / jnp.maximum(sums.num_tokens, 1.0),
       'num_target_tokens': sums.num_tokens,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': optax.tree.norm(grads),
   }
   if learning_rate_fn is not None:
     metrics['learning_rate'] = learning_rate_fn(state.step)

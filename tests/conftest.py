@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests that need several devices get 8 simulated CPU devices."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_MTNT = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
+
+
+@pytest.fixture(scope='session')
+def demo_tokenizer():
+  from gemma_mt import models
+  from gemma_mt.data.tokenizer import GemmaTokenizer
+
+  return GemmaTokenizer(models.DEMO_TOKENIZER)
+
+
+@pytest.fixture(scope='session')
+def mtnt_valid_tsv() -> pathlib.Path:
+  if not SHARED_MTNT.is_file():
+    pytest.skip(f'shared MTNT data not found at {SHARED_MTNT}')
+  return SHARED_MTNT
+
+
+def subprocess_env() -> dict[str, str]:
+  """The environment for running the CLIs as a user would, with the repo importable."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  return env

@@ -1,0 +1,80 @@
+"""``python -m gemma_mt.train`` as a user runs it: a shortened demo, bad input, --helpfull."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, subprocess_env
+
+
+def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'gemma_mt.train', *args], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
+  workdir = tmp_path / 'demo'
+  done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=240',
+                '--eval_every_n=60', '--save_every_n=120', '--num_translations=3')
+  assert done.returncode == 0, done.stderr[-3000:]
+  metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  evals = [m['eval_loss'] for m in metrics if 'eval_loss' in m]
+  assert len(evals) == 4
+  assert evals[-1] <= evals[0] / 2, evals
+  assert all(isinstance(m['step'], int) for m in metrics)
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '240']
+  assert 'translations of held-out sentences:' in done.stdout
+  assert done.stdout.count('  en: ') == 3
+  assert 'step/s' in done.stderr  # the progress bar
+  # Running the same command again resumes at the end: nothing more to train.
+  again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=240',
+                 '--eval_every_n=60', '--save_every_n=120', '--num_translations=0')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'resumed from' in again.stderr
+  assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(metrics)
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--model=gemma-99b', "error: --model='gemma-99b' is unknown"),
+    ('--dataset=nowhere', "error: --dataset='nowhere' is not a known dataset"),
+    ('--batch_size=0', 'error: --batch_size must be positive'),
+    ('--max_seq_len=-5', 'error: --max_seq_len must be positive'),
+    ('--max_seq_len=8', 'error: no train example of demo fits --max_seq_len=8'),
+    ('--dataset=tsv:/nonexistent/{split}.tsv', 'error: dataset file /nonexistent/train.tsv'),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, flag, message):
+  workdir = tmp_path / 'run'
+  done = _train(f'--workdir={workdir}', flag, timeout=120)
+  assert done.returncode == 2
+  lines = [line for line in done.stderr.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1 and lines[0].startswith(message), done.stderr[-2000:]
+  assert 'Traceback' not in done.stderr
+  assert not workdir.exists()
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('precious')
+  done = _train(f'--workdir={path}', timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(f'error: --workdir={path} is a file')
+  assert path.read_text() == 'precious'
+
+
+def test_helpfull_imports_neither_jax_nor_tensorflow():
+  code = (
+      'import runpy, sys\n'
+      'sys.argv = ["gemma_mt.train", "--helpfull"]\n'
+      'try:\n'
+      '  runpy.run_module("gemma_mt.train", run_name="__main__")\n'
+      'except SystemExit:\n'
+      '  pass\n'
+      'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain") if m in sys.modules))\n'
+  )
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=60)
+  assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
+  assert 'HEAVY []' in done.stdout

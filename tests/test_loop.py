@@ -1,0 +1,85 @@
+"""train_and_evaluate end to end in-process, on the 8 simulated devices."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from gemma_mt.train import loop
+from gemma_mt.train.checkpoint import CheckpointError
+from gemma_mt.train.config import ConfigError, TrainConfig
+
+
+def _config(workdir, **overrides) -> TrainConfig:
+  values = dict(workdir=str(workdir), max_steps=12, batch_size=16, eval_batch_size=64,
+                eval_every_n=6, save_every_n=4, log_every_n=2, lr_schedule='constant',
+                warmup_steps=0, num_translations=0)
+  values.update(overrides)
+  return TrainConfig(**values)
+
+
+def _metrics(workdir) -> list[dict]:
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _losses(workdir) -> dict[int, float]:
+  return {m['step']: m['train_loss'] for m in _metrics(workdir) if 'train_loss' in m}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  return workdir, loop.train_and_evaluate(_config(workdir))
+
+
+def test_run_writes_metrics_tensorboard_and_checkpoints(uninterrupted):
+  workdir, result = uninterrupted
+  metrics = _metrics(workdir)
+  assert [m['step'] for m in metrics if 'train_loss' in m] == list(range(2, 13, 2))
+  assert [m['step'] for m in metrics if 'eval_loss' in m] == [6, 12]
+  assert result.eval_loss == metrics[-1]['eval_loss']
+  for key in ('grad_norm', 'learning_rate', 'train_accuracy', 'target_tokens_per_sec',
+              'data_wait_fraction'):
+    assert key in metrics[0]
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['12', '8']
+  assert result.step == 12 and int(result.state.step) == 12
+
+
+def test_same_seed_gives_bit_identical_losses(uninterrupted, tmp_path):
+  workdir, result = uninterrupted
+  again = loop.train_and_evaluate(_config(tmp_path))
+  assert _losses(tmp_path) == _losses(workdir)
+  for a, b in zip(jax.tree.leaves(again.state.params), jax.tree.leaves(result.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_continues_exactly(uninterrupted, tmp_path):
+  workdir, result = uninterrupted
+  loop.train_and_evaluate(_config(tmp_path, max_steps=8))  # stops at step 8, saved
+  resumed = loop.train_and_evaluate(_config(tmp_path))  # continues to 12 from the checkpoint
+  assert _losses(tmp_path) == _losses(workdir)
+  for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(result.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_other_model_in_workdir_is_refused(uninterrupted):
+  workdir, _ = uninterrupted
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  with pytest.raises(CheckpointError, match='another model'):
+    loop.train_and_evaluate(_config(workdir, param_dtype='bfloat16', max_steps=16))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+
+
+def test_batch_not_divisible_by_the_mesh(tmp_path):
+  with pytest.raises(ConfigError, match='--batch_size=12 is not divisible by the 8'):
+    loop.train_and_evaluate(_config(tmp_path / 'run', batch_size=12))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_max_seq_len_shorter_than_any_prompt(tmp_path):
+  from gemma_mt.data.pipeline import PipelineError
+  with pytest.raises(PipelineError, match='--max_seq_len=8'):
+    loop.train_and_evaluate(_config(tmp_path / 'run', max_seq_len=8))
+  assert not (tmp_path / 'run').exists()

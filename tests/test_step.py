@@ -1,0 +1,88 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gemma_mt import models
+from gemma_mt.data.records import TrainingInput
+from gemma_mt.train import step as step_lib
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  return model, models.init_params(model, 0, 16)
+
+
+def _batch(seed: int = 0, rows: int = 4, length: int = 16) -> TrainingInput:
+  rng = np.random.RandomState(seed)
+  tokens = rng.randint(4, 1000, size=(rows, length)).astype(np.int32)
+  tokens[:, 0] = 2
+  mask = np.zeros((rows, length), bool)
+  for r in range(rows):
+    end = length - r  # row r has r padding tokens
+    tokens[r, end:] = 0
+    mask[r, 6:end] = True
+  return TrainingInput(tokens, mask)
+
+
+def test_attention_inputs_from_padding():
+  tokens = jnp.array([[2, 5, 6, 0, 0]])
+  positions, mask = step_lib.attention_inputs(tokens, pad_id=0)
+  np.testing.assert_array_equal(positions[0, :3], [0, 1, 2])
+  assert mask.shape == (1, 5, 5)
+  np.testing.assert_array_equal(mask[0, 2], [True, True, True, False, False])
+  assert not mask[0, 1, 2]  # causal
+  assert not mask[0, 4, 3]  # padding keys are never attended
+
+
+def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
+  model, params = tiny
+  batch = _batch()
+  logits = np.asarray(step_lib.model_logits(model, params, batch, 0), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  total, count = 0.0, 0
+  for r in range(batch.input_tokens.shape[0]):
+    for t in range(1, batch.input_tokens.shape[1]):
+      if batch.target_mask[r, t]:
+        total -= log_probs[r, t - 1, batch.input_tokens[r, t]]
+        count += 1
+  loss, sums = step_lib.mean_loss(params, batch, model, 0)
+  assert float(sums.num_tokens) == count
+  np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+
+
+def test_every_row_counts_and_padding_rows_weigh_nothing(tiny):
+  model, params = tiny
+  batch = _batch()
+  loss, _ = step_lib.mean_loss(params, batch, model, 0)
+  changed = batch.input_tokens.copy()
+  changed[3, 8] = (changed[3, 8] + 7) % 1000 + 4  # a target token of the last row
+  other, _ = step_lib.mean_loss(params, batch._replace(input_tokens=changed), model, 0)
+  assert float(other) != float(loss)
+  padded = TrainingInput(np.concatenate([batch.input_tokens, np.zeros((2, 16), np.int32)]),
+                         np.concatenate([batch.target_mask, np.zeros((2, 16), bool)]))
+  sums = step_lib.eval_step(params, padded, model=model, pad_id=0)
+  ref = step_lib.eval_step(params, batch, model=model, pad_id=0)
+  np.testing.assert_allclose(float(sums.loss_sum), float(ref.loss_sum), rtol=1e-6)
+  assert float(sums.num_tokens) == float(ref.num_tokens)
+
+
+def test_train_step_learns_and_reports(tiny):
+  model, params = tiny
+  optimizer = optax.adamw(1e-2)
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  fn = jax.jit(functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
+                                 pad_id=0, learning_rate_fn=optax.constant_schedule(1e-2)))
+  batch = _batch()
+  losses = []
+  for _ in range(5):
+    state, metrics = fn(state, batch)
+    losses.append(float(metrics['train_loss']))
+  assert losses[-1] < losses[0] / 2
+  assert int(state.step) == 5
+  assert set(metrics) == {'train_loss', 'train_accuracy', 'num_target_tokens', 'grad_norm',
+                          'learning_rate'}
