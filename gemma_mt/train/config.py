@@ -15,6 +15,7 @@ from gemma_mt import errors
 from gemma_mt import models
 from gemma_mt.data import records
 from gemma_mt.data import sources
+from gemma_mt.train import mesh_spec
 
 OPTIMIZERS = ('sgd', 'adamw', 'adafactor')
 LR_SCHEDULES = ('constant', 'cosine', 'linear')
@@ -51,7 +52,11 @@ class TrainConfig:
   warmup_steps: int = 100
   weight_decay: float = 0.0
   grad_clip_norm: float = 1.0
+  grad_accum_steps: int = 1
   param_dtype: str = 'float32'
+  compute_dtype: str = 'float32'
+  mesh: str = ''
+  peak_tflops_per_device: float = 0.0
   eval_every_n: int = 200
   save_every_n: int = 400
   log_every_n: int = 20
@@ -60,7 +65,7 @@ class TrainConfig:
   max_new_tokens: int = 48
   seed: int = 0
 
-  # Fields that fix the shapes of the parameters: a checkpoint resumes only if they match.
+  # Fields that fix the parameters' shapes and dtypes: a checkpoint resumes only if they match.
   SHAPE_FIELDS = ('model', 'param_dtype')
 
   def validate(self) -> TrainConfig:
@@ -75,7 +80,7 @@ class TrainConfig:
       sources.DatasetSpec.parse(self.dataset)
     except sources.SourceError as e:
       raise ConfigError(str(e)) from None
-    for name in ('max_seq_len', 'batch_size', 'eval_batch_size', 'eval_every_n',
+    for name in ('max_seq_len', 'batch_size', 'eval_batch_size', 'grad_accum_steps', 'eval_every_n',
                  'save_every_n', 'log_every_n', 'keep_checkpoints'):
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}')
@@ -83,6 +88,15 @@ class TrainConfig:
                  'max_new_tokens', 'seed'):
       if getattr(self, name) < 0:
         raise ConfigError(f'--{name} must be zero or positive, got {getattr(self, name)}')
+    if self.batch_size % self.grad_accum_steps:
+      raise ConfigError(f'--batch_size={self.batch_size} is not divisible by '
+                        f'--grad_accum_steps={self.grad_accum_steps}')
+    try:
+      mesh_spec.MeshSpec.parse(self.mesh)
+    except mesh_spec.MeshError as e:
+      raise ConfigError(str(e)) from None
+    if self.peak_tflops_per_device < 0:
+      raise ConfigError('--peak_tflops_per_device must be 0 (look it up) or positive')
     if self.num_epochs == 0 and self.max_steps == 0:
       raise ConfigError('--num_epochs=0 and --max_steps=0 would train forever: set one of them')
     if not self.learning_rate > 0:
@@ -93,6 +107,7 @@ class TrainConfig:
         'optimizer': OPTIMIZERS,
         'lr_schedule': LR_SCHEDULES,
         'param_dtype': PARAM_DTYPES,
+        'compute_dtype': PARAM_DTYPES,
         'prompt_template': records.PROMPT_TEMPLATES,
         'too_long': records.TOO_LONG_POLICIES,
     }

@@ -34,7 +34,14 @@ _HELP = {
     'warmup_steps': 'Steps of linear warmup from 0.',
     'weight_decay': 'Decoupled weight decay (0 = off).',
     'grad_clip_norm': 'Clip gradients to this global norm (0 = off).',
-    'param_dtype': 'Parameter dtype: float32 or bfloat16.',
+    'grad_accum_steps': 'Split each global batch into this many pieces and accumulate their '
+                        'gradients (the same update as one big batch, less memory).',
+    'param_dtype': 'Parameter (and optimizer state) dtype: float32 or bfloat16.',
+    'compute_dtype': 'Dtype of the forward and backward pass: float32 or bfloat16.',
+    'mesh': 'Device mesh data:D,fsdp:F,tensor:T over all devices of all processes; one size may '
+            'be -1 for the rest. Empty: every device on data.',
+    'peak_tflops_per_device': 'Peak TFLOP/s of one device, for MFU; 0 looks it up for known '
+                              'accelerators (no MFU on CPU unless given).',
     'eval_every_n': 'Evaluate on the whole eval split every N steps (and at the end).',
     'save_every_n': 'Save a checkpoint every N steps (and at the end).',
     'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',

@@ -20,13 +20,16 @@ from gemma_mt import models
 from gemma_mt.data import pipeline
 from gemma_mt.data import records
 from gemma_mt.data import sources
+from gemma_mt.data.records import TrainingInput
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.train import checkpoint
 from gemma_mt.train import optimizer as optimizer_lib
+from gemma_mt.train import perf
 from gemma_mt.train import reporting
 from gemma_mt.train import sharding
 from gemma_mt.train import step as step_lib
 from gemma_mt.train.config import ConfigError, TrainConfig
+from gemma_mt.train.mesh_spec import MeshSpec
 from gemma_mt.translate import Translator
 
 _LOG = logging.getLogger(__name__)
@@ -93,20 +96,42 @@ def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any) -> dict[str, fl
 
 def _check_batch_sizes(config: TrainConfig, mesh: Any) -> None:
   shards = mesh.shape['data'] * mesh.shape['fsdp']
-  for name in ('batch_size', 'eval_batch_size'):
-    if getattr(config, name) % shards:
-      raise ConfigError(
-          f'--{name}={getattr(config, name)} is not divisible by the {shards} batch shards '
-          f'(data × fsdp) of the mesh: use a multiple of {shards}')
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % shards:
+    raise ConfigError(
+        f'--batch_size={config.batch_size} / --grad_accum_steps={config.grad_accum_steps} = '
+        f'{micro} rows per step is not divisible by the {shards} batch shards (data × fsdp) '
+        f'of the mesh: use a multiple of {shards * config.grad_accum_steps}')
+  if config.eval_batch_size % shards:
+    raise ConfigError(
+        f'--eval_batch_size={config.eval_batch_size} is not divisible by the {shards} batch '
+        f'shards (data × fsdp) of the mesh: use a multiple of {shards}')
 
 
-def train_and_evaluate(config: TrainConfig) -> TrainResult:
-  """Trains ``config.model`` on ``config.dataset``, resuming from ``config.workdir`` if it can."""
+def _log_startup_summary(config: TrainConfig, mesh: Any, abstract_state: Any,
+                         state_shardings: Any) -> None:
+  params_bytes = sharding.bytes_per_device(abstract_state.params, state_shardings.params)
+  opt_bytes = sharding.bytes_per_device(abstract_state.opt_state, state_shardings.opt_state)
+  _LOG.info('model %s: %s parameters (%s); mesh %s over %d devices in %d processes',
+            config.model, f'{models.count_params(abstract_state.params):,}', config.param_dtype,
+            dict(mesh.shape), mesh.size, jax.process_count())
+  _LOG.info('per device: parameters %.2f MiB, optimizer state %.2f MiB',
+            params_bytes / 2**20, opt_bytes / 2**20)
+  for line in sharding.describe_param_shardings(abstract_state.params, state_shardings.params):
+    _LOG.info('  %s', line)
+
+
+def train_and_evaluate(config: TrainConfig, *,
+                       devices: list[jax.Device] | None = None) -> TrainResult:
+  """Trains ``config.model`` on ``config.dataset``, resuming from ``config.workdir`` if it can.
+
+  ``devices`` (default: all devices of all processes) are laid out by ``config.mesh``.
+  """
   config.validate()
   is_main = jax.process_index() == 0
   spec = models.get_model_spec(config.model)
   tokenizer = GemmaTokenizer(spec.tokenizer_path)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(MeshSpec.parse(config.mesh), devices)
   _check_batch_sizes(config, mesh)
   data = load_run_data(config, tokenizer)
   num_steps = total_steps(config, len(data.train))
@@ -124,8 +149,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
       global_batch_size=config.eval_batch_size, process=process)
   data_iterator = pipeline.make_iterator(train_data)
 
-  param_dtype = jnp.dtype(config.param_dtype)
-  model = spec.transformer(param_dtype)
+  model = spec.transformer(jnp.dtype(config.param_dtype))
   optimizer, schedule = optimizer_lib.make_optimizer(config, num_steps)
 
   def init_state() -> step_lib.TrainState:
@@ -134,44 +158,56 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
   abstract_state = jax.eval_shape(init_state)
-  state_shardings = sharding.state_sharding(mesh, abstract_state)
-  init_fn = jax.jit(init_state, out_shardings=state_shardings)
+  state_shardings = sharding.state_shardings(mesh, abstract_state)
+  abstract_state = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      abstract_state, state_shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  abstract_batch = TrainingInput(
+      input_tokens=jax.ShapeDtypeStruct((config.batch_size, config.max_seq_len), jnp.int32,
+                                        sharding=batch_sharding),
+      target_mask=jax.ShapeDtypeStruct((config.batch_size, config.max_seq_len), jnp.bool_,
+                                       sharding=batch_sharding))
+  compute_dtype = None if config.compute_dtype == config.param_dtype else jnp.dtype(
+      config.compute_dtype)
+  # Compiled ahead of time: one compilation, whose cost analysis gives the FLOPs of a step.
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
-                        pad_id=tokenizer.pad_id, learning_rate_fn=schedule),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                        pad_id=tokenizer.pad_id, learning_rate_fn=schedule,
+                        grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype),
+      in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
-  )
+  ).lower(abstract_state, abstract_batch).compile()
   eval_fn = jax.jit(
       functools.partial(step_lib.eval_step, model=model, pad_id=tokenizer.pad_id),
-      in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
+      in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=sharding.replicated(mesh),
   )
+  step_flops = perf.compiled_flops(train_fn)
+  peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
 
   os.makedirs(config.workdir, exist_ok=True)
   store = checkpoint.RunCheckpoints(
       os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints)
   start_step = store.latest_step()
   if start_step is None:
-    state = init_fn()
+    state = jax.jit(init_state, out_shardings=state_shardings)()
     start_step = 0
   else:
     store.check_compatible(config, start_step)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        abstract_state, state_shardings)
-    state = store.restore(start_step, abstract, data_iterator)
+    state = store.restore(start_step, abstract_state, data_iterator)
     _LOG.info('resumed from %s at step %d', store.directory, start_step)
 
   if is_main:
-    _LOG.info('model %s: %s parameters; mesh %s; %d steps of %d examples',
-                 config.model, f'{models.count_params(abstract_state.params):,}',
-                 dict(mesh.shape), num_steps, config.batch_size)
+    _log_startup_summary(config, mesh, abstract_state, state_shardings)
+    _LOG.info('%d steps of %d examples (%d accumulation steps); %s FLOPs per step',
+              num_steps, config.batch_size, config.grad_accum_steps,
+              f'{step_flops:.3g}' if step_flops else 'unknown')
   sink = reporting.MetricsSink(config.workdir, enabled=is_main)
   bar = reporting.progress_bar(initial=start_step, total=num_steps, enabled=is_main)
   eval_loss = None
-  window_tokens, window_start, data_wait = 0.0, time.perf_counter(), 0.0
+  window_start, data_wait = time.perf_counter(), 0.0
   pending: list[dict[str, jax.Array]] = []
   try:
     for step in range(start_step + 1, num_steps + 1):
@@ -185,11 +221,17 @@ def train_and_evaluate(config: TrainConfig) -> TrainResult:
         fetched = jax.device_get(pending)
         pending = []
         elapsed = time.perf_counter() - window_start
-        window_tokens = sum(float(m['num_target_tokens']) for m in fetched)
+        step_time = elapsed / len(fetched)
         report = {k: float(v) for k, v in fetched[-1].items() if k != 'num_target_tokens'}
-        report['target_tokens_per_sec'] = window_tokens / elapsed
-        report['step_time_sec'] = elapsed / len(fetched)
+        report['target_tokens_per_sec'] = sum(
+            float(m['num_target_tokens']) for m in fetched) / elapsed
+        report['step_time_sec'] = step_time
         report['data_wait_fraction'] = data_wait / elapsed
+        if step_flops:
+          # XLA's count is per device for a partitioned program.
+          report['model_tflops_per_sec_per_device'] = step_flops / step_time / 1e12
+          if peak:
+            report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
         sink.write(step, report)
         bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
                         tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)

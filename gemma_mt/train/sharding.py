@@ -1,27 +1,65 @@
-"""The device mesh and how arrays are laid out on it.
+"""The device mesh, the partition rules of Gemma parameters, and how batches are laid out.
 
-The mesh has the axes ``data``, ``fsdp`` and ``tensor``; batches are split over ``data`` and
-``fsdp``. Parameters and optimizer state are replicated for now.
+The rules are data: a parameter path pattern → one logical axis name per dimension, and each
+logical axis → a mesh axis. FSDP shards the model dimension (``embed``) of every large parameter
+over ``fsdp``; tensor parallelism shards heads, the MLP hidden dimension and the vocabulary over
+``tensor``. A dimension that does not divide by its mesh axis stays replicated (and says so in the
+log). Optimizer state follows the parameters; batches are split over ``data`` × ``fsdp``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gemma_mt.data.records import TrainingInput
+from gemma_mt.train.mesh_spec import MESH_AXES, MeshSpec
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+_LOG = logging.getLogger(__name__)
+
 BATCH_AXES = ('data', 'fsdp')
 
+# Parameter path (slash-joined, matched at the end of the path) → logical axis of each dimension.
+PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r'embedder/input_embedding', ('vocab', 'embed')),
+    (r'attn/q_einsum/w', ('heads', 'embed', 'head_dim')),
+    (r'attn/qkv_einsum/w', (None, 'heads', 'embed', 'head_dim')),
+    (r'attn/kv_einsum/w', (None, 'kv_heads', 'embed', 'head_dim')),
+    (r'attn/attn_vec_einsum/w', ('heads', 'head_dim', 'embed')),
+    (r'mlp/gating_einsum', (None, 'embed', 'mlp')),
+    (r'mlp/linear', ('mlp', 'embed')),
+    (r'(norm|_norm)/scale', (None,)),
+)
+# Logical axis → mesh axis (None: replicated).
+LOGICAL_TO_MESH: dict[str, str | None] = {
+    'vocab': 'tensor',
+    'embed': 'fsdp',
+    'heads': 'tensor',
+    'kv_heads': 'tensor',
+    'mlp': 'tensor',
+    'head_dim': None,
+}
 
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """All devices (of all processes) on the ``data`` axis."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices).reshape(len(devices), 1, 1), MESH_AXES)
+
+def make_mesh(spec: MeshSpec = MeshSpec(), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with the axes ``data``, ``fsdp``, ``tensor`` over ``devices`` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = spec.resolve(len(devices))
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  if len(devices) == len(jax.devices()):
+    # Orders devices so that `tensor` neighbours are close on the interconnect.
+    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+  else:
+    device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -33,9 +71,78 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def state_sharding(mesh: Mesh, abstract_state: Any) -> Any:
-  """A sharding for every leaf of the train state."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+def _path_name(path: Sequence[Any]) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def logical_axes(path_name: str, ndim: int) -> tuple[str | None, ...]:
+  """The logical axes of a parameter from PARAM_RULES; unknown parameters are replicated."""
+  for pattern, axes in PARAM_RULES:
+    if re.search(pattern + '$', path_name) and len(axes) == ndim:
+      return axes
+  return (None,) * ndim
+
+
+def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """The PartitionSpec of one parameter; dimensions that do not divide stay replicated."""
+  spec = []
+  for dim, axis in zip(shape, logical_axes(path_name, len(shape))):
+    mesh_axis = LOGICAL_TO_MESH.get(axis) if axis else None
+    if mesh_axis is not None and mesh.shape[mesh_axis] > 1 and dim % mesh.shape[mesh_axis]:
+      _LOG.info('%s: dimension %s of size %d does not divide over %s=%d; replicated',
+                path_name, axis, dim, mesh_axis, mesh.shape[mesh_axis])
+      mesh_axis = None
+    spec.append(mesh_axis if mesh_axis is not None and mesh.shape[mesh_axis] > 1 else None)
+  return PartitionSpec(*spec)
+
+
+def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
+  """A NamedSharding for every parameter, from the partition rules."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, param_partition_spec(_path_name(path), x.shape, mesh)),
+      abstract_params)
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params') -> Any:
+  """Shardings of a whole train state: parameters by the rules; optimizer state follows them.
+
+  An optimizer leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
+  moments) is sharded like it; other leaves (step counts, Adafactor's factored rows) replicate.
+  """
+  params = getattr(abstract_state, params_field)
+  by_path = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    by_path[_path_name(path)] = (leaf.shape, param_partition_spec(_path_name(path), leaf.shape,
+                                                                  mesh))
+
+  def leaf_sharding(path: Any, leaf: Any) -> NamedSharding:
+    name = _path_name(path)
+    for param_name, (shape, spec) in by_path.items():
+      if (name == param_name or name.endswith('/' + param_name)) and leaf.shape == shape:
+        return NamedSharding(mesh, spec)
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+
+
+def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
+  """Bytes of the largest per-device shard set of a tree laid out by ``shardings``."""
+  total = 0
+  for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    shard_shape = sharding.shard_shape(leaf.shape)
+    total += math.prod(shard_shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def describe_param_shardings(abstract_params: Any, shardings: Any,
+                             min_size: int = 1 << 16) -> list[str]:
+  """One line per large parameter: its path, shape and PartitionSpec."""
+  lines = []
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings)):
+    if math.prod(leaf.shape) >= min_size:
+      lines.append(f'{_path_name(path)} {tuple(leaf.shape)} → {tuple(sharding.spec)}')
+  return lines
 
 
 def global_batch(local: TrainingInput, mesh: Mesh) -> TrainingInput:

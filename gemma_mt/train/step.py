@@ -78,6 +78,41 @@ def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int) -> 
   return sums.loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
 
 
+def _summed_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
+                 compute_dtype: Any) -> tuple[jax.Array, LossSums]:
+  if compute_dtype is not None:
+    params = jax.tree.map(lambda x: x.astype(compute_dtype), params)
+  sums = loss_sums(model_logits(model, params, batch, pad_id), batch)
+  return sums.loss_sum, sums
+
+
+def microbatches(batch: TrainingInput, num: int) -> TrainingInput:
+  """``[B, L]`` → ``[num, B / num, L]``; microbatch i takes rows i, i + num, … so that each one
+  spans every device that holds a part of the batch."""
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape((x.shape[0] // num, num) + x.shape[1:]), 0, 1), batch)
+
+
+def summed_gradients(params: Params, batch: TrainingInput, *, model: Any, pad_id: int,
+                     grad_accum_steps: int = 1, compute_dtype: Any = None) -> tuple[
+                         Params, LossSums]:
+  """Gradients of the summed target-token loss and the sums, over ``grad_accum_steps`` pieces.
+
+  Accumulating sums (not means) makes the accumulated step equal the one big-batch step.
+  """
+  grad_fn = jax.grad(_summed_loss, has_aux=True)
+  if grad_accum_steps == 1:
+    return grad_fn(params, batch, model, pad_id, compute_dtype)
+
+  def accumulate(carry, micro):
+    grads, sums = grad_fn(params, micro, model, pad_id, compute_dtype)
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, params), LossSums(*(jnp.zeros((), jnp.float32),) * 3))
+  (grads, sums), _ = jax.lax.scan(accumulate, zeros, microbatches(batch, grad_accum_steps))
+  return grads, sums
+
+
 def train_step(
     state: TrainState,
     batch: TrainingInput,
@@ -86,15 +121,23 @@ def train_step(
     optimizer: optax.GradientTransformation,
     pad_id: int,
     learning_rate_fn: optax.Schedule | None = None,
+    grad_accum_steps: int = 1,
+    compute_dtype: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on a global batch; returns the new state and scalar metrics."""
-  grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
-  (loss, sums), grads = grad_fn(state.params, batch, model, pad_id)
+  """One optimizer update on a global batch; returns the new state and scalar metrics.
+
+  The loss is the cross-entropy summed over every target token of the batch divided by their
+  number; ``compute_dtype`` (e.g. bfloat16) is the dtype the forward pass runs in.
+  """
+  grads, sums = summed_gradients(state.params, batch, model=model, pad_id=pad_id,
+                                 grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype)
+  num_tokens = jnp.maximum(sums.num_tokens, 1.0)
+  grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      'train_loss': loss,
-      'train_accuracy': sums.num_correct / jnp.maximum(sums.num_tokens, 1.0),
+      'train_loss': sums.loss_sum / num_tokens,
+      'train_accuracy': sums.num_correct / num_tokens,
       'num_target_tokens': sums.num_tokens,
       'grad_norm': optax.tree.norm(grads),
   }

@@ -1,0 +1,41 @@
+"""Throughput accounting: FLOPs of a compiled step, peak rates of known chips, MFU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Dense bfloat16 peak TFLOP/s of one device, by `jax.Device.device_kind` prefix.
+PEAK_BF16_TFLOPS = (
+    ('NVIDIA H200', 989.0),
+    ('NVIDIA H100', 989.0),
+    ('NVIDIA A100', 312.0),
+    ('NVIDIA L4', 121.0),
+    ('TPU v6', 918.0),
+    ('TPU v5p', 459.0),
+    ('TPU v5 lite', 197.0),
+    ('TPU v5e', 197.0),
+    ('TPU v4', 275.0),
+)
+
+
+def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak TFLOP/s of one device: ``override`` if set, else the table; None if unknown (CPU)."""
+  if override > 0:
+    return override
+  for prefix, value in PEAK_BF16_TFLOPS:
+    if device_kind.startswith(prefix):
+      return value
+  return None
+
+
+def compiled_flops(compiled: Any) -> float | None:
+  """FLOPs of one call of an XLA-compiled function, from XLA's cost analysis (all devices)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends have no cost model
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or 'flops' not in analysis:
+    return None
+  return float(analysis['flops'])
