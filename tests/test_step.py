@@ -31,7 +31,7 @@ def _batch(seed: int = 0, rows: int = 4, length: int = 16) -> TrainingInput:
 
 def test_attention_inputs_from_padding():
   tokens = jnp.array([[2, 5, 6, 0, 0]])
-  positions, mask = step_lib.attention_inputs(tokens, pad_id=0)
+  positions, mask = step_lib.attention_inputs(TrainingInput(tokens, tokens > 2), pad_id=0)
   np.testing.assert_array_equal(positions[0, :3], [0, 1, 2])
   assert mask.shape == (1, 5, 5)
   np.testing.assert_array_equal(mask[0, 2], [True, True, True, False, False])
@@ -86,3 +86,30 @@ def test_train_step_learns_and_reports(tiny):
   assert int(state.step) == 5
   assert set(metrics) == {'train_loss', 'train_accuracy', 'num_target_tokens', 'grad_norm',
                           'learning_rate'}
+
+
+def test_packed_loss_equals_unpacked_loss(tiny, demo_tokenizer):
+  from gemma_mt.data import pipeline, records, sources
+  model, params = tiny
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  examples, _ = pipeline.encode_examples(pairs[:24], demo_tokenizer, records.PromptFormat(), 48)
+  padded = list(pipeline.eval_dataset(examples, max_seq_len=48, pad_id=0,
+                                      global_batch_size=24))[0]
+  packed_ds = pipeline.packed_train_dataset(examples, max_seq_len=128, pad_id=0,
+                                            global_batch_size=2, seed=0, num_epochs=1)
+  it = pipeline.make_iterator(packed_ds)
+  packed = next(it)
+  assert int(packed.segment_ids.max()) > 1
+  # The packed rows hold a subset of the examples: compare against exactly those, unpacked.
+  in_packed = set()
+  for row in range(packed.input_tokens.shape[0]):
+    for seg in range(1, int(packed.segment_ids[row].max()) + 1):
+      in_packed.add(tuple(packed.input_tokens[row][packed.segment_ids[row] == seg]))
+  keep = [i for i, e in enumerate(examples)
+          if tuple(np.concatenate([e.prompt_ids, e.target_ids])) in in_packed]
+  assert len(keep) == len(in_packed) >= 6
+  unpacked = TrainingInput(padded.input_tokens[keep], padded.target_mask[keep])
+  loss_packed, sums_packed = step_lib.mean_loss(params, packed, model, 0)
+  loss_unpacked, sums_unpacked = step_lib.mean_loss(params, unpacked, model, 0)
+  assert float(sums_packed.num_tokens) == float(sums_unpacked.num_tokens)
+  np.testing.assert_allclose(float(loss_packed), float(loss_unpacked), rtol=1e-5)

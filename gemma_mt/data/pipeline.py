@@ -184,7 +184,62 @@ def eval_dataset(
   )
 
 
-def make_iterator(dataset: grain.MapDataset, prefetch: int = 8) -> grain.DatasetIterator:
+def _unpadded_record(example: EncodedExample) -> dict[str, np.ndarray]:
+  tokens = np.concatenate([example.prompt_ids, example.target_ids])
+  target_mask = np.zeros(len(tokens), dtype=bool)
+  target_mask[len(example.prompt_ids):] = True
+  return {'input_tokens': tokens, 'target_mask': target_mask}
+
+
+def _packed_training_input(packed: dict[str, np.ndarray]) -> records.TrainingInput:
+  return records.TrainingInput(
+      input_tokens=packed['input_tokens'],
+      target_mask=packed['target_mask'],
+      segment_ids=packed['input_tokens_segment_ids'],
+      positions=packed['input_tokens_positions'],
+  )
+
+
+def packed_train_dataset(
+    examples: Sequence[EncodedExample],
+    *,
+    max_seq_len: int,
+    pad_id: int,
+    global_batch_size: int,
+    seed: int,
+    num_epochs: int | None,
+    process: ProcessSlice = ProcessSlice(),
+) -> grain.IterDataset:
+  """Training batches of packed rows: several examples per row, first fit up to ``max_seq_len``.
+
+  The shuffled stream is dealt out to the processes (example i to process i mod count); each
+  packs its share into ``global_batch_size / count`` rows at a time. Rows are
+  ``TrainingInput`` with ``segment_ids`` and per-example ``positions``; padding has segment 0.
+  """
+  _check_batch(global_batch_size, process)
+  if pad_id != 0:
+    raise PipelineError(f'packing pads with 0 but the tokenizer pads with {pad_id}')
+  local_rows = global_batch_size // process.count
+  stream = (
+      grain.MapDataset.range(len(examples))
+      .shuffle(seed=seed)
+      .repeat(num_epochs)[process.index::process.count]
+      .map(lambda i: _unpadded_record(examples[i]))
+      .to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64))
+  )
+  packed = grain.experimental.FirstFitPackIterDataset(
+      stream,
+      length_struct={'input_tokens': max_seq_len, 'target_mask': max_seq_len},
+      num_packing_bins=local_rows,
+      shuffle_bins=False,
+  )
+  return packed.map(_packed_training_input).batch(local_rows, drop_remainder=True)
+
+
+def make_iterator(dataset: grain.MapDataset | grain.IterDataset,
+                  prefetch: int = 8) -> grain.DatasetIterator:
   """A checkpointable iterator (``get_state``/``set_state``) that builds batches on threads."""
-  read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)
-  return iter(dataset.to_iter_dataset(read_options))
+  if isinstance(dataset, grain.MapDataset):
+    dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+  return iter(dataset)

@@ -23,10 +23,15 @@ class TrainingInput(NamedTuple):
     input_tokens: ``int32[..., L]`` token ids, BOS first, padded with the pad id.
     target_mask: ``bool[..., L]`` True where the token is part of the target (target + EOS);
       the loss predicts exactly these tokens.
+    segment_ids: packed rows only: ``int32[..., L]`` 1, 2, … for the examples in the row, 0 for
+      padding; attention stays inside a segment.
+    positions: packed rows only: ``int32[..., L]`` position of each token in its own example.
   """
 
   input_tokens: np.ndarray
   target_mask: np.ndarray
+  segment_ids: np.ndarray | None = None
+  positions: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

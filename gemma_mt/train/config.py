@@ -41,6 +41,7 @@ class TrainConfig:
   eval_split: str = 'valid'
   prompt_template: str = 'plain'
   too_long: str = 'drop'
+  packing: bool = False
   max_seq_len: int = 48
   batch_size: int = 32
   eval_batch_size: int = 64
@@ -97,6 +98,9 @@ class TrainConfig:
       raise ConfigError(str(e)) from None
     if self.peak_tflops_per_device < 0:
       raise ConfigError('--peak_tflops_per_device must be 0 (look it up) or positive')
+    if self.packing and self.max_steps == 0:
+      raise ConfigError('--packing needs --max_steps: the number of packed batches in an epoch '
+                        'is not known in advance')
     if self.num_epochs == 0 and self.max_steps == 0:
       raise ConfigError('--num_epochs=0 and --max_steps=0 would train forever: set one of them')
     if not self.learning_rate > 0:

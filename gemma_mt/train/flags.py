@@ -23,6 +23,8 @@ _HELP = {
     'prompt_template': 'plain: "Translate this into French:\\n" + source + "\\n"; gemma_chat: '
                        'the same inside Gemma\'s <start_of_turn> dialog turns.',
     'too_long': 'drop: skip examples longer than --max_seq_len; truncate: cut their target.',
+    'packing': 'Pack several examples into each row (first fit), attention kept inside each '
+               'example; needs --max_steps.',
     'max_seq_len': 'Tokens per row (prompt + target + EOS, padded).',
     'batch_size': 'Global batch size: rows per step over all devices and processes.',
     'eval_batch_size': 'Global batch size of evaluation.',
@@ -60,7 +62,7 @@ def define_flags() -> None:
     default = field.default
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     define = {'int': flags.DEFINE_integer, 'float': flags.DEFINE_float,
-              'str': flags.DEFINE_string}[kind]
+              'str': flags.DEFINE_string, 'bool': flags.DEFINE_boolean}[kind]
     define(field.name, default, _HELP[field.name])
 
 

@@ -140,7 +140,8 @@ def train_and_evaluate(config: TrainConfig, *,
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
 
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
-  train_data = pipeline.train_dataset(
+  make_train_data = pipeline.packed_train_dataset if config.packing else pipeline.train_dataset
+  train_data = make_train_data(
       data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
       global_batch_size=config.batch_size, seed=config.seed,
       num_epochs=config.num_epochs or None, process=process)
@@ -163,11 +164,13 @@ def train_and_evaluate(config: TrainConfig, *,
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       abstract_state, state_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
+  batch_shape = (config.batch_size, config.max_seq_len)
+  tokens_shape = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sharding)
   abstract_batch = TrainingInput(
-      input_tokens=jax.ShapeDtypeStruct((config.batch_size, config.max_seq_len), jnp.int32,
-                                        sharding=batch_sharding),
-      target_mask=jax.ShapeDtypeStruct((config.batch_size, config.max_seq_len), jnp.bool_,
-                                       sharding=batch_sharding))
+      input_tokens=tokens_shape,
+      target_mask=jax.ShapeDtypeStruct(batch_shape, jnp.bool_, sharding=batch_sharding),
+      segment_ids=tokens_shape if config.packing else None,
+      positions=tokens_shape if config.packing else None)
   compute_dtype = None if config.compute_dtype == config.param_dtype else jnp.dtype(
       config.compute_dtype)
   # Compiled ahead of time: one compilation, whose cost analysis gives the FLOPs of a step.

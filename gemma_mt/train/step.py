@@ -36,17 +36,22 @@ class LossSums(NamedTuple):
   num_correct: jax.Array
 
 
-def attention_inputs(input_tokens: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
-  """``positions int32[B, L]`` and causal ``attention_mask bool[B, L, L]`` from the padding.
+def attention_inputs(batch: TrainingInput, pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """``positions int32[B, L]`` and causal ``attention_mask bool[B, L, L]`` of a batch.
 
-  Padding is only at the end of a row; a padding key is never attended to.
+  Padded rows: from the padding (only at the end of a row), never attending to a padding key.
+  Packed rows: from ``segment_ids`` and ``positions``, a block-diagonal causal mask, so that each
+  example sees only itself.
   """
-  is_token = input_tokens != pad_id
+  length = batch.input_tokens.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))[None, :, :]
+  if batch.segment_ids is not None:
+    segments = batch.segment_ids
+    same_segment = segments[:, :, None] == segments[:, None, :]
+    return batch.positions.astype(jnp.int32), causal & same_segment & (segments != 0)[:, None, :]
+  is_token = batch.input_tokens != pad_id
   positions = jnp.maximum(jnp.cumsum(is_token, axis=-1) - 1, 0).astype(jnp.int32)
-  length = input_tokens.shape[-1]
-  causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-  attention_mask = causal[None, :, :] & is_token[:, None, :]
-  return positions, attention_mask
+  return positions, causal & is_token[:, None, :]
 
 
 def loss_sums(logits: jax.Array, batch: TrainingInput) -> LossSums:
@@ -65,7 +70,7 @@ def loss_sums(logits: jax.Array, batch: TrainingInput) -> LossSums:
 
 def model_logits(model: Any, params: Params, batch: TrainingInput, pad_id: int) -> jax.Array:
   """``float[B, L, V]`` logits of ``model`` on the batch's tokens."""
-  positions, attention_mask = attention_inputs(batch.input_tokens, pad_id)
+  positions, attention_mask = attention_inputs(batch, pad_id)
   output = model.apply(
       {'params': params}, batch.input_tokens, positions=positions, attention_mask=attention_mask)
   return output.logits
