@@ -37,6 +37,9 @@ class TrainConfig:
   workdir: str = 'runs/demo'
   model: str = 'tiny'
   dataset: str = 'demo'
+  tsv_quoting: str = 'csv'
+  tfds_data_dir: str = ''
+  tfds_manual_dir: str = ''
   train_split: str = 'train'
   eval_split: str = 'valid'
   prompt_template: str = 'plain'
@@ -78,7 +81,7 @@ class TrainConfig:
     if self.model not in models.MODELS:
       raise ConfigError(f'--model={self.model!r} is unknown: use one of {", ".join(models.MODELS)}')
     try:
-      sources.DatasetSpec.parse(self.dataset)
+      self.dataset_spec()
     except sources.SourceError as e:
       raise ConfigError(str(e)) from None
     for name in ('max_seq_len', 'batch_size', 'eval_batch_size', 'grad_accum_steps', 'eval_every_n',
@@ -120,6 +123,12 @@ class TrainConfig:
         raise ConfigError(
             f'--{name}={getattr(self, name)!r} is unknown: use one of {", ".join(allowed)}')
     return self
+
+  def dataset_spec(self) -> sources.DatasetSpec:
+    """The parsed ``--dataset`` with its options."""
+    return sources.DatasetSpec.parse(
+        self.dataset, tsv_quoting=self.tsv_quoting, tfds_data_dir=self.tfds_data_dir or None,
+        tfds_manual_dir=self.tfds_manual_dir or None)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

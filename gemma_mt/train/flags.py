@@ -16,8 +16,14 @@ _HELP = {
     'workdir': 'Directory of this run: checkpoints/, metrics.jsonl, tensorboard/. A workdir '
                'with checkpoints resumes from the latest one.',
     'model': 'Model name: tiny (the embedded default) or bench.',
-    'dataset': 'Where pairs come from: demo (bundled corpus), jsonl:PATH (src/dst objects) or '
-               'tsv:PATH (MTNT id/source/target rows). PATH may contain {split}.',
+    'dataset': 'Where pairs come from: demo (bundled corpus), jsonl:PATH (src/dst objects), '
+               'tsv:PATH (MTNT id/source/target rows) or tfds:NAME (tfds:mtnt/en-fr). PATH may '
+               'contain {split}.',
+    'tsv_quoting': 'csv: parse tsv: files like the TFDS MTNT builder (quotes may span lines); '
+                   'none: one row per line.',
+    'tfds_data_dir': 'Where TFDS data sets are prepared (empty: TFDS\'s default).',
+    'tfds_manual_dir': 'A folder holding the data set\'s archive (MTNT.1.1.tar.gz), to prepare '
+                       'a tfds: data set offline.',
     'train_split': 'Split to train on.',
     'eval_split': 'Split to evaluate on.',
     'prompt_template': 'plain: "Translate this into French:\\n" + source + "\\n"; gemma_chat: '

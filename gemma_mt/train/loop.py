@@ -58,7 +58,7 @@ class RunData:
 
 def load_run_data(config: TrainConfig, tokenizer: GemmaTokenizer) -> RunData:
   """Reads, tokenizes and filters the train and eval splits of ``config.dataset``."""
-  spec = sources.DatasetSpec.parse(config.dataset)
+  spec = config.dataset_spec()
   prompt_format = records.PromptFormat.from_template(config.prompt_template)
   encoded = {}
   for split in (config.train_split, config.eval_split):
