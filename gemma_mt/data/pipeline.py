@@ -147,21 +147,25 @@ def train_dataset(
     seed: int,
     num_epochs: int | None,
     process: ProcessSlice = ProcessSlice(),
+    start_example: int = 0,
 ) -> grain.MapDataset:
   """Training batches: a seeded shuffle reshuffled every epoch, remainder dropped.
 
   ``num_epochs=None`` repeats forever. Element ``i`` is global batch ``i``; this process's rows
   of it as ``TrainingInput(int32[b, L], bool[b, L])`` with ``b = global_batch_size / count``.
+  ``start_example`` skips that many examples of the shuffled stream: a run resumed with another
+  batch size or number of processes continues with the next example, none repeated or skipped.
   """
   _check_batch(global_batch_size, process)
   if len(examples) < global_batch_size:
     raise PipelineError(
         f'only {len(examples)} training examples, fewer than one global batch of '
         f'{global_batch_size}: lower --batch_size or raise --max_seq_len')
+  stream = grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(num_epochs)
+  if start_example:
+    stream = stream[start_example:]
   return (
-      grain.MapDataset.range(len(examples))
-      .shuffle(seed=seed)
-      .repeat(num_epochs)
+      stream
       .batch(global_batch_size, drop_remainder=True)
       .map(BuildLocalBatch(examples, max_seq_len, pad_id, global_batch_size, process))
   )

@@ -1,44 +1,81 @@
-"""Orbax checkpoints of a run: train state, data iterator position and config, in one step dir.
+"""Orbax checkpoints of a run: train state, data position and config, written atomically.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data,config}``. Orbax writes each step to a temporary
-directory and renames it when complete, so a save killed half-way is never seen as a checkpoint.
+Layout: ``WORKDIR/checkpoints/<step>/{state,data,config,meta}``. Orbax writes each step to a
+temporary directory and renames it when complete, so a save killed half-way is never taken for a
+checkpoint. Saves are asynchronous: training goes on while the bytes are written. Kept: the last
+``keep`` checkpoints plus the one with the best evaluation loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from gemma_mt import errors
 from gemma_mt.train.config import TrainConfig
 
 _LOG = logging.getLogger(__name__)
-
-_STATE, _DATA, _CONFIG = 'state', 'data', 'config'
+_STATE, _DATA, _CONFIG, _META = 'state', 'data', 'config', 'meta'
 
 
 class CheckpointError(errors.UserError):
-  """A workdir whose checkpoints cannot continue this run."""
+  """A workdir or checkpoint that cannot serve this run; nothing was overwritten."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+  """Where the training data stood at a checkpoint, independent of batch size and processes.
+
+  Attributes:
+    examples_consumed: examples of the (repeated, shuffled) stream that training has used.
+    batch_size: the global batch size they were read with.
+    process_count: the number of processes that read them.
+  """
+
+  examples_consumed: int
+  batch_size: int
+  process_count: int
 
 
 class RunCheckpoints:
-  """Saves and restores the checkpoints under ``directory`` (asynchronously by default)."""
+  """Saves and restores the checkpoints under ``directory``."""
 
-  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int, save_every_n: int,
+               save_every_minutes: float = 0.0, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    save_policies = [policies.FixedIntervalPolicy(save_every_n),
+                     policies.PreemptionCheckpointingPolicy()]
+    if save_every_minutes:
+      save_policies.append(policies.ContinuousCheckpointingPolicy(
+          minimum_interval_secs=max(int(save_every_minutes * 60), 1)))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
         create=True,
+        # Removes what a save killed half-way left behind; it was never a checkpoint.
+        cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save,
+        save_decision_policy=policies.AnySavePolicy(save_policies),
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            # Ascending sort keeps the last n: the lowest loss, with reverse=True.
+            policies.BestN(get_metric_fn=lambda m: m['eval_loss'], reverse=True, n=1,
+                           keep_checkpoints_without_metrics=False),
+        ]),
     )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(_STATE, _DATA, _CONFIG))
+        self.directory, options=options, item_names=(_STATE, _DATA, _CONFIG, _META))
+
+  def all_steps(self) -> list[int]:
+    """Complete checkpoints, oldest first."""
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -48,8 +85,13 @@ class RunCheckpoints:
         step, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
     return TrainConfig.from_dict(restored[_CONFIG])
 
+  def saved_position(self, step: int) -> DataPosition:
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+    return DataPosition(**restored[_META]['data_position'])
+
   def check_compatible(self, config: TrainConfig, step: int) -> None:
-    """Raises CheckpointError if the saved run's parameter shapes differ; logs other changes."""
+    """Raises CheckpointError if the saved parameters differ in shape; logs other changes."""
     saved = self.saved_config(step)
     changes = config.changes_from(saved)
     blocking = {k: v for k, v in changes.items() if k in TrainConfig.SHAPE_FIELDS}
@@ -63,25 +105,61 @@ class RunCheckpoints:
       if name != 'workdir':
         _LOG.info('resuming with --%s=%r (checkpoint was saved with %r)', name, new, old)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the job was told to stop (SIGTERM on a cluster), agreed by all processes."""
+    return self._manager.reached_preemption(step)
+
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
-           config: TrainConfig, *, force: bool = False) -> bool:
-    """Starts saving ``state`` and the iterator position at ``step``; returns whether it did."""
+           config: TrainConfig, position: DataPosition, *,
+           metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+    """Saves if the policies (every N steps, every M minutes, preemption) say so, or ``force``.
+
+    Returns whether a save started. Raises CheckpointError if the disk refuses it; earlier
+    checkpoints stay as they were.
+    """
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(state),
         _DATA: grain.checkpoint.CheckpointSave(data_iterator),
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
+        _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
+                                  'saved_at': time.time()}),
     })
-    return self._manager.save(step, args=args, force=force)
+    try:
+      return self._manager.save(step, args=args, metrics=metrics, force=force)
+    except OSError as e:
+      raise CheckpointError(f'saving step {step} to {self.directory} failed ({e}); the '
+                            'earlier checkpoints are intact: free space or fix permissions '
+                            'and run again to resume') from e
+
+  def restore_latest(self, abstract_state: Any, data_iterator: grain.DatasetIterator | None,
+                     ) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint that reads back; None if there is none.
+
+    A checkpoint that fails to restore (a corrupted file) is renamed aside with a warning and
+    the one before it is tried. ``data_iterator`` is moved to the saved position if given.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, abstract_state, data_iterator)
+      except (ValueError, OSError, KeyError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+          raise
+        aside = os.path.join(self.directory, f'{step}.unreadable-{int(time.time())}')
+        _LOG.warning('checkpoint %d in %s cannot be restored (%s: %s); moved to %s, trying '
+                     'the previous one', step, self.directory, type(e).__name__,
+                     str(e).splitlines()[0] if str(e) else '', aside)
+        if jax.process_index() == 0:
+          os.rename(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+    return None
 
   def restore(self, step: int, abstract_state: Any,
-              data_iterator: grain.DatasetIterator) -> Any:
-    """The state saved at ``step``, laid out like ``abstract_state``; moves the iterator there."""
-    args = ocp.args.Composite(**{
-        _STATE: ocp.args.StandardRestore(abstract_state),
-        _DATA: grain.checkpoint.CheckpointRestore(data_iterator),
-    })
-    restored = self._manager.restore(step, args=args)
-    return restored[_STATE]
+              data_iterator: grain.DatasetIterator | None) -> Any:
+    """The state saved at ``step``, laid out like ``abstract_state`` (any mesh)."""
+    items = {_STATE: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items[_DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))[_STATE]
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -90,7 +168,34 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-  """``jax.ShapeDtypeStruct``s (with shardings) of a tree of arrays, for restoring into."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+def restore_params(path: str, abstract_params: Any) -> Any:
+  """Parameters from a run directory, a checkpoint step directory or an export directory.
+
+  Raises CheckpointError (one line) if nothing is there or the shapes differ.
+  """
+  path = os.path.abspath(path)
+  candidates = [path]
+  checkpoints = os.path.join(path, 'checkpoints')
+  if os.path.isdir(checkpoints):
+    steps = sorted((int(n) for n in os.listdir(checkpoints) if n.isdigit()), reverse=True)
+    candidates = [os.path.join(checkpoints, str(s)) for s in steps]
+  for candidate in candidates:
+    if os.path.isdir(os.path.join(candidate, _STATE)):
+      item = os.path.join(candidate, _STATE)
+      target = {'params': abstract_params}
+    elif os.path.isdir(os.path.join(candidate, 'params')):
+      item = os.path.join(candidate, 'params')
+      target = abstract_params
+    else:
+      continue
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(
+          item, args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))
+    except (ValueError, KeyError) as e:
+      raise CheckpointError(f'--init_from={path}: its parameters do not fit this model '
+                            f'({str(e).splitlines()[0][:200]})') from None
+    return restored['params'] if item.endswith(_STATE) else restored
+  raise CheckpointError(f'--init_from={path} holds no checkpoint or exported parameters: '
+                        'pass a run directory, one of its checkpoints/<step>, or an export')

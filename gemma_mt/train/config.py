@@ -63,11 +63,13 @@ class TrainConfig:
   peak_tflops_per_device: float = 0.0
   eval_every_n: int = 200
   save_every_n: int = 400
+  save_every_minutes: float = 0.0
   log_every_n: int = 20
   keep_checkpoints: int = 2
   num_translations: int = 6
   max_new_tokens: int = 48
   seed: int = 0
+  init_from: str = ''
 
   # Fields that fix the parameters' shapes and dtypes: a checkpoint resumes only if they match.
   SHAPE_FIELDS = ('model', 'param_dtype')
@@ -99,6 +101,8 @@ class TrainConfig:
       mesh_spec.MeshSpec.parse(self.mesh)
     except mesh_spec.MeshError as e:
       raise ConfigError(str(e)) from None
+    if self.save_every_minutes < 0:
+      raise ConfigError('--save_every_minutes must be 0 (off) or positive')
     if self.peak_tflops_per_device < 0:
       raise ConfigError('--peak_tflops_per_device must be 0 (look it up) or positive')
     if self.packing and self.max_steps == 0:

@@ -51,9 +51,14 @@ _HELP = {
     'peak_tflops_per_device': 'Peak TFLOP/s of one device, for MFU; 0 looks it up for known '
                               'accelerators (no MFU on CPU unless given).',
     'eval_every_n': 'Evaluate on the whole eval split every N steps (and at the end).',
-    'save_every_n': 'Save a checkpoint every N steps (and at the end).',
+    'save_every_n': 'Save a checkpoint every N steps (and at the end, at each new best '
+                    'evaluation, and when stopped by SIGTERM/SIGINT).',
+    'save_every_minutes': 'Also save when this many minutes passed since the last save (0: off).',
+    'init_from': 'Start from the parameters of another run (its workdir, a checkpoints/<step> '
+                 'folder or an export); optimizer, data and step start fresh.',
     'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',
-    'keep_checkpoints': 'How many recent checkpoints to keep.',
+    'keep_checkpoints': 'How many recent checkpoints to keep (the best by evaluation loss is '
+                        'kept as well).',
     'num_translations': 'Eval sentences translated and printed at the end.',
     'max_new_tokens': 'Longest translation generated, in tokens.',
     'seed': 'Seed of parameter initialisation and data order.',

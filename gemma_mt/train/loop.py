@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -43,6 +46,7 @@ class TrainResult:
   state: step_lib.TrainState
   eval_loss: float | None
   translations: list[tuple[str, str, str]]  # (source, reference, model output)
+  preempted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +80,16 @@ def load_run_data(config: TrainConfig, tokenizer: GemmaTokenizer) -> RunData:
   return RunData(train, evals, eval_pairs, train_stats, eval_stats)
 
 
-def total_steps(config: TrainConfig, num_train_examples: int) -> int:
-  """``max_steps`` if set, else the full batches of ``num_epochs`` epochs."""
+def total_steps(config: TrainConfig, num_train_examples: int,
+                start: checkpoint.DataPosition | None = None, start_step: int = 0) -> int:
+  """``max_steps`` if set, else the step at which ``num_epochs`` epochs are used up.
+
+  A run resumed at ``start_step`` from ``start`` counts the examples left at its batch size.
+  """
   if config.max_steps:
     return config.max_steps
-  return (num_train_examples * config.num_epochs) // config.batch_size
+  consumed = start.examples_consumed if start else 0
+  return start_step + (num_train_examples * config.num_epochs - consumed) // config.batch_size
 
 
 def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any) -> dict[str, float]:
@@ -121,11 +130,63 @@ def _log_startup_summary(config: TrainConfig, mesh: Any, abstract_state: Any,
     _LOG.info('  %s', line)
 
 
+class _StopRequests:
+  """SIGTERM / SIGINT → finish the current step, save, stop (one process; several processes
+  agree through JAX's preemption sync point instead)."""
+
+  def __init__(self) -> None:
+    self.signal_name: str | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> _StopRequests:
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum: int, _frame: Any) -> None:
+    self.signal_name = signal.Signals(signum).name
+    # A second Ctrl-C stops at once.
+    signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.SIG_DFL))
+
+  def __exit__(self, *_: Any) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _truncate_metrics(workdir: str, after_step: int) -> None:
+  """Drops reports of steps after the checkpoint resumed from: they will be made again."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    lines = f.readlines()
+  kept = [l for l in lines if l.strip() and json.loads(l)['step'] <= after_step]
+  if len(kept) != len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _check_workdir_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-probe-{os.getpid()}')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}): choose a directory '
+                      'you can write to') from None
+
+
 def train_and_evaluate(config: TrainConfig, *,
                        devices: list[jax.Device] | None = None) -> TrainResult:
   """Trains ``config.model`` on ``config.dataset``, resuming from ``config.workdir`` if it can.
 
-  ``devices`` (default: all devices of all processes) are laid out by ``config.mesh``.
+  ``devices`` (default: all devices of all processes) are laid out by ``config.mesh``. SIGTERM
+  or SIGINT ends the run after the current step with a checkpoint (``result.preempted``).
   """
   config.validate()
   is_main = jax.process_index() == 0
@@ -134,27 +195,47 @@ def train_and_evaluate(config: TrainConfig, *,
   mesh = sharding.make_mesh(MeshSpec.parse(config.mesh), devices)
   _check_batch_sizes(config, mesh)
   data = load_run_data(config, tokenizer)
-  num_steps = total_steps(config, len(data.train))
-  if num_steps <= 0:
+  if total_steps(config, len(data.train)) <= 0:
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
 
-  process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
-  make_train_data = pipeline.packed_train_dataset if config.packing else pipeline.train_dataset
-  train_data = make_train_data(
-      data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
-      global_batch_size=config.batch_size, seed=config.seed,
-      num_epochs=config.num_epochs or None, process=process)
-  eval_batches = pipeline.eval_dataset(
-      data.eval, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
-      global_batch_size=config.eval_batch_size, process=process)
-  data_iterator = pipeline.make_iterator(train_data)
-
   model = spec.transformer(jnp.dtype(config.param_dtype))
-  optimizer, schedule = optimizer_lib.make_optimizer(config, num_steps)
+
+  def init_params() -> Any:
+    return models.init_params(model, config.seed, config.max_seq_len)
+
+  abstract_params = jax.eval_shape(init_params)
+  if config.init_from:
+    # Fails before anything is written if the parameters do not fit.
+    param_shardings = sharding.param_shardings(mesh, abstract_params)
+    initial_params = checkpoint.restore_params(config.init_from, jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        abstract_params, param_shardings))
+    init_params = lambda: initial_params  # pylint: disable=unnecessary-lambda-assignment
+
+  _check_workdir_writable(config.workdir)
+  store = checkpoint.RunCheckpoints(
+      os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints,
+      save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes)
+  try:
+    return _train(config, mesh, model, init_params, tokenizer, data, store, is_main)
+  finally:
+    store.close()
+
+
+def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
+           tokenizer: GemmaTokenizer, data: RunData, store: checkpoint.RunCheckpoints,
+           is_main: bool) -> TrainResult:
+  latest = store.latest_step()
+  position = None
+  if latest is not None:
+    store.check_compatible(config, latest)
+    position = store.saved_position(latest)
+  max_steps_hint = total_steps(config, len(data.train))
+  optimizer, schedule = optimizer_lib.make_optimizer(config, max_steps_hint)
 
   def init_state() -> step_lib.TrainState:
-    params = models.init_params(model, config.seed, config.max_seq_len)
+    params = init_params()
     return step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
@@ -163,6 +244,56 @@ def train_and_evaluate(config: TrainConfig, *,
   abstract_state = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       abstract_state, state_shardings)
+
+  process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
+  same_layout = position is not None and (position.batch_size, position.process_count) == (
+      config.batch_size, jax.process_count())
+  if config.packing:
+    if position is not None and not same_layout:
+      raise checkpoint.CheckpointError(
+          f'{store.directory} was saved with --batch_size={position.batch_size} on '
+          f'{position.process_count} processes; a --packing run resumes exactly only with the '
+          'same batch size and number of processes')
+    train_data = pipeline.packed_train_dataset(
+        data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+        global_batch_size=config.batch_size, seed=config.seed,
+        num_epochs=config.num_epochs or None, process=process)
+  else:
+    train_data = pipeline.train_dataset(
+        data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+        global_batch_size=config.batch_size, seed=config.seed,
+        num_epochs=config.num_epochs or None, process=process,
+        start_example=position.examples_consumed if position else 0)
+  data_iterator = pipeline.make_iterator(train_data)
+
+  if latest is None:
+    state = jax.jit(init_state, out_shardings=state_shardings)()
+    start_step, consumed = 0, 0
+  else:
+    # Unpacked data resumes from the example count (any batch size or process count); packed
+    # data from each process's Grain iterator state.
+    restored = store.restore_latest(abstract_state, data_iterator if config.packing else None)
+    if restored is None:
+      raise checkpoint.CheckpointError(f'no checkpoint in {store.directory} can be restored')
+    start_step, state = restored
+    position = store.saved_position(start_step)
+    consumed = position.examples_consumed
+    if not config.packing and start_step != latest:
+      data_iterator = pipeline.make_iterator(pipeline.train_dataset(
+          data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+          global_batch_size=config.batch_size, seed=config.seed,
+          num_epochs=config.num_epochs or None, process=process, start_example=consumed))
+    if not same_layout and position.batch_size != config.batch_size:
+      _LOG.info('batch size changed from %d to %d: continuing after example %d of the stream',
+                position.batch_size, config.batch_size, consumed)
+    _LOG.info('resumed from %s at step %d', store.directory, start_step)
+    if is_main:
+      _truncate_metrics(config.workdir, start_step)
+  num_steps = total_steps(config, len(data.train), position, start_step)
+
+  eval_batches = pipeline.eval_dataset(
+      data.eval, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+      global_batch_size=config.eval_batch_size, process=process)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_shape = (config.batch_size, config.max_seq_len)
   tokens_shape = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sharding)
@@ -190,18 +321,6 @@ def train_and_evaluate(config: TrainConfig, *,
   step_flops = perf.compiled_flops(train_fn)
   peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
 
-  os.makedirs(config.workdir, exist_ok=True)
-  store = checkpoint.RunCheckpoints(
-      os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  start_step = store.latest_step()
-  if start_step is None:
-    state = jax.jit(init_state, out_shardings=state_shardings)()
-    start_step = 0
-  else:
-    store.check_compatible(config, start_step)
-    state = store.restore(start_step, abstract_state, data_iterator)
-    _LOG.info('resumed from %s at step %d', store.directory, start_step)
-
   if is_main:
     _log_startup_summary(config, mesh, abstract_state, state_shardings)
     _LOG.info('%d steps of %d examples (%d accumulation steps); %s FLOPs per step',
@@ -209,63 +328,81 @@ def train_and_evaluate(config: TrainConfig, *,
               f'{step_flops:.3g}' if step_flops else 'unknown')
   sink = reporting.MetricsSink(config.workdir, enabled=is_main)
   bar = reporting.progress_bar(initial=start_step, total=num_steps, enabled=is_main)
-  eval_loss = None
+  eval_loss, best_eval_loss, preempted = None, None, False
   window_start, data_wait = time.perf_counter(), 0.0
   pending: list[dict[str, jax.Array]] = []
+
+  def save(step: int, *, metrics: dict[str, float] | None = None, force: bool = False) -> None:
+    store.save(step, state, data_iterator, config,
+               checkpoint.DataPosition(consumed, config.batch_size, jax.process_count()),
+               metrics=metrics, force=force)
+
   try:
-    for step in range(start_step + 1, num_steps + 1):
-      fetch_start = time.perf_counter()
-      local = next(data_iterator)
-      data_wait += time.perf_counter() - fetch_start
-      state, metrics = train_fn(state, sharding.global_batch(local, mesh))
-      pending.append(metrics)
-      if step % config.log_every_n == 0 or step == num_steps:
-        # The only host synchronisation of the step loop: once per report.
-        fetched = jax.device_get(pending)
-        pending = []
-        elapsed = time.perf_counter() - window_start
-        step_time = elapsed / len(fetched)
-        report = {k: float(v) for k, v in fetched[-1].items() if k != 'num_target_tokens'}
-        report['target_tokens_per_sec'] = sum(
-            float(m['num_target_tokens']) for m in fetched) / elapsed
-        report['step_time_sec'] = step_time
-        report['data_wait_fraction'] = data_wait / elapsed
-        if step_flops:
-          # XLA's count is per device for a partitioned program.
-          report['model_tflops_per_sec_per_device'] = step_flops / step_time / 1e12
-          if peak:
-            report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
-        sink.write(step, report)
-        bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
-                        tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)
-        bar.update(step - bar.n)
-        window_start, data_wait = time.perf_counter(), 0.0
-      if step % config.eval_every_n == 0 or step == num_steps:
-        eval_metrics = evaluate(eval_fn, state.params, eval_batches, mesh)
-        eval_loss = eval_metrics['eval_loss']
-        sink.write(step, eval_metrics)
-        if is_main:
-          bar.write(f'step {step}: eval_loss {eval_loss:.4f}, '
-                    f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
-        window_start = time.perf_counter()
-      if step % config.save_every_n == 0 or step == num_steps:
-        store.save(step, state, data_iterator, config, force=True)
-    bar.update(num_steps - bar.n)
-    store.wait_until_finished()
+    with _StopRequests() as stop:
+      for step in range(start_step + 1, num_steps + 1):
+        fetch_start = time.perf_counter()
+        local = next(data_iterator)
+        data_wait += time.perf_counter() - fetch_start
+        state, metrics = train_fn(state, sharding.global_batch(local, mesh))
+        consumed += config.batch_size
+        pending.append(metrics)
+        if step % config.log_every_n == 0 or step == num_steps:
+          # The only host synchronisation of the step loop: once per report.
+          fetched = jax.device_get(pending)
+          pending = []
+          elapsed = time.perf_counter() - window_start
+          step_time = elapsed / len(fetched)
+          report = {k: float(v) for k, v in fetched[-1].items() if k != 'num_target_tokens'}
+          report['target_tokens_per_sec'] = sum(
+              float(m['num_target_tokens']) for m in fetched) / elapsed
+          report['step_time_sec'] = step_time
+          report['data_wait_fraction'] = data_wait / elapsed
+          if step_flops:
+            # XLA's count is per device for a partitioned program.
+            report['model_tflops_per_sec_per_device'] = step_flops / step_time / 1e12
+            if peak:
+              report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
+          sink.write(step, report)
+          bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
+                          tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)
+          bar.update(step - bar.n)
+          window_start, data_wait = time.perf_counter(), 0.0
+        eval_metrics = None
+        if step % config.eval_every_n == 0 or step == num_steps:
+          eval_metrics = evaluate(eval_fn, state.params, eval_batches, mesh)
+          eval_loss = eval_metrics['eval_loss']
+          sink.write(step, eval_metrics)
+          if is_main:
+            bar.write(f'step {step}: eval_loss {eval_loss:.4f}, '
+                      f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
+          window_start = time.perf_counter()
+        preempted = stop.signal_name is not None or (
+            jax.process_count() > 1 and store.reached_preemption(step))
+        # A new best evaluation is always saved, with its loss, so that it is kept.
+        new_best = eval_metrics is not None and (best_eval_loss is None or
+                                                 eval_loss < best_eval_loss)
+        if new_best:
+          best_eval_loss = eval_loss
+        save(step, metrics={'eval_loss': eval_loss} if eval_metrics else None,
+             force=step == num_steps or preempted or new_best)
+        if preempted:
+          _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
+                       'to resume', stop.signal_name or 'preemption notice', step)
+          break
+      store.wait_until_finished()
   finally:
     bar.close()
     sink.close()
-    store.close()
 
   translations = []
-  if config.num_translations:
+  if config.num_translations and not preempted:
     prompt_format = records.PromptFormat.from_template(config.prompt_template)
     translator = Translator(model, state.params, tokenizer, prompt_format, config.max_new_tokens)
     pairs = data.eval_pairs[: config.num_translations]
     outputs = translator([src for src, _ in pairs])
     translations = [(src, ref, out) for (src, ref), out in zip(pairs, outputs)]
-  return TrainResult(step=num_steps, state=state, eval_loss=eval_loss,
-                     translations=translations)
+  return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
+                     translations=translations, preempted=preempted)
 
 
 def print_translations(result: TrainResult) -> None:

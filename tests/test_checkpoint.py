@@ -1,0 +1,251 @@
+"""Checkpoints: exact resume after SIGKILL, SIGTERM, corruption; elastic restore; init_from; export.
+
+The kill tests run the real CLI in subprocesses (one CPU device each) and compare with an
+uninterrupted run of the same command, bit for bit.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, subprocess_env
+from gemma_mt.train import checkpoint, loop
+from gemma_mt.train.config import TrainConfig
+
+FLAGS = ['--max_steps=24', '--batch_size=16', '--save_every_n=6', '--log_every_n=1',
+         '--eval_every_n=12', '--num_translations=0', '--warmup_steps=4']
+
+
+def _command(workdir) -> list[str]:
+  return [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', *FLAGS]
+
+
+def _run(workdir) -> subprocess.CompletedProcess:
+  return subprocess.run(_command(workdir), cwd=REPO, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=300)
+
+
+def _start(workdir) -> subprocess.Popen:
+  return subprocess.Popen(_command(workdir), cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc, timeout=240.0, poll=0.002):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(poll)
+  raise TimeoutError('condition not reached')
+
+
+def _reported_step(workdir) -> int:
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return 0
+  steps = [json.loads(l)['step'] for l in path.read_text().splitlines() if l.strip()]
+  return max(steps, default=0)
+
+
+def _train_losses(workdir) -> list[tuple[int, float]]:
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [(m['step'], m['train_loss']) for m in map(json.loads, lines) if 'train_loss' in m]
+
+
+def _final_params(workdir):
+  from gemma_mt import models
+  model = models.get_model_spec('tiny').transformer(jax.numpy.float32)
+  abstract = jax.eval_shape(lambda: models.init_params(model, 0, 8))
+  return checkpoint.restore_params(str(workdir), abstract)
+
+
+def _assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('reference')
+  done = _run(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, _train_losses(workdir), _final_params(workdir)
+
+
+def _tmp_dirs(workdir):
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return [p for p in directory.glob('*') if 'tmp' in p.name] if directory.exists() else []
+
+
+@pytest.mark.parametrize('moment', ['inside_a_step', 'during_an_async_save', 'right_after_a_save'])
+def test_sigkill_then_same_command_ends_bit_identical(reference, tmp_path, moment):
+  ref_dir, ref_losses, ref_params = reference
+  workdir = tmp_path / 'run'
+  proc = _start(workdir)
+  if moment == 'inside_a_step':
+    reached = _wait_for(lambda: _reported_step(workdir) >= 9, proc)
+  elif moment == 'during_an_async_save':
+    # A save after the first complete one, caught while its temporary directory exists.
+    reached = _wait_for(lambda: (workdir / 'checkpoints' / '6').is_dir() and any(
+        not p.name.startswith('6.') for p in _tmp_dirs(workdir)), proc)
+  else:
+    reached = _wait_for(lambda: (workdir / 'checkpoints' / '12').is_dir(), proc)
+  proc.kill()
+  proc.wait()
+  assert reached, 'the run ended before the kill moment'
+  assert proc.returncode == -signal.SIGKILL
+  assert _reported_step(workdir) < 24
+  done = _run(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'resumed from' in done.stderr
+  assert not _tmp_dirs(workdir)
+  assert _train_losses(workdir) == ref_losses
+  _assert_same_params(_final_params(workdir), ref_params)
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(reference, tmp_path):
+  _, ref_losses, ref_params = reference
+  workdir = tmp_path / 'run'
+  proc = _start(workdir)
+  assert _wait_for(lambda: _reported_step(workdir) >= 8, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 0, stderr[-3000:]
+  line = [l for l in stderr.splitlines() if 'stopping on SIGTERM' in l]
+  assert len(line) == 1
+  step = int(line[0].split('checkpoint at step ')[1].split(';')[0])
+  assert 8 <= step < 24 and (workdir / 'checkpoints' / str(step)).is_dir()
+  done = _run(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f'at step {step}' in done.stderr
+  assert _train_losses(workdir) == ref_losses
+  _assert_same_params(_final_params(workdir), ref_params)
+
+
+def _config(workdir, **overrides) -> TrainConfig:
+  # A constant rate: runs stopped early by a smaller --max_steps follow the same schedule.
+  values = dict(workdir=str(workdir), max_steps=12, batch_size=16, eval_batch_size=16,
+                eval_every_n=12, save_every_n=4, log_every_n=1, num_translations=0,
+                warmup_steps=0, lr_schedule='constant')
+  values.update(overrides)
+  return TrainConfig(**values)
+
+
+def _losses(workdir) -> list[float]:
+  return [l for _, l in _train_losses(workdir)]
+
+
+def test_elastic_restore_onto_another_mesh_and_device_count(tmp_path):
+  loop.train_and_evaluate(_config(tmp_path / 'ref', mesh='fsdp:8'))
+  loop.train_and_evaluate(_config(tmp_path / 'run', mesh='fsdp:8', max_steps=8))
+  resumed = loop.train_and_evaluate(_config(tmp_path / 'run', mesh='data:2,fsdp:2'),
+                                    devices=jax.devices()[:4])
+  assert resumed.step == 12
+  leaf = resumed.state.params['layer_0']['mlp']['linear']
+  assert len(leaf.sharding.device_set) == 4
+  np.testing.assert_allclose(_losses(tmp_path / 'run'), _losses(tmp_path / 'ref'), rtol=1e-5)
+
+
+def test_changed_batch_size_continues_with_the_next_example(tmp_path):
+  from gemma_mt.data import pipeline
+  examples = [pipeline.EncodedExample(np.array([2, 100 + i], np.int32), np.array([1], np.int32))
+              for i in range(50)]
+
+  def ids(ds):
+    return [int(r[1]) - 100 for b in ds for r in b.input_tokens]
+
+  kwargs = dict(max_seq_len=4, pad_id=0, seed=0, num_epochs=None)
+  before = ids(pipeline.train_dataset(examples, global_batch_size=16, **kwargs)[:4])
+  after = ids(pipeline.train_dataset(examples, global_batch_size=8, start_example=64,
+                                     **kwargs)[:5])
+  reference = ids(pipeline.train_dataset(examples, global_batch_size=8, **kwargs)[:13])
+  assert before + after == reference  # 64 + 40 examples: nothing repeated or skipped
+  # And through the loop: the resumed run logs the rule and goes on.
+  loop.train_and_evaluate(_config(tmp_path, max_steps=4))
+  result = loop.train_and_evaluate(_config(tmp_path, max_steps=8, batch_size=8))
+  assert result.step == 8
+  position = checkpoint.RunCheckpoints(str(tmp_path / 'checkpoints'), keep=9, save_every_n=9)
+  assert position.saved_position(8).examples_consumed == 4 * 16 + 4 * 8
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  loop.train_and_evaluate(_config(tmp_path, max_steps=8))
+  steps = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  assert steps == ['4', '8']
+  for f in (tmp_path / 'checkpoints' / '8' / 'state').rglob('*'):
+    if f.is_file() and f.stat().st_size > 0 and 'commit' not in f.name:
+      f.write_bytes(b'garbage' * 3)
+  with caplog.at_level('WARNING'):
+    result = loop.train_and_evaluate(_config(tmp_path, max_steps=10))
+  assert 'checkpoint 8' in caplog.text and 'cannot be restored' in caplog.text
+  assert result.step == 10
+  assert list((tmp_path / 'checkpoints').glob('8.unreadable-*'))  # kept aside, not deleted
+  assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, 11))
+
+
+def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
+  loop.train_and_evaluate(_config(tmp_path, max_steps=16, eval_every_n=4, save_every_n=4,
+                                  keep_checkpoints=1, learning_rate=0.5, grad_clip_norm=0.0))
+  evals = {m['step']: m['eval_loss'] for m in map(
+      json.loads, (tmp_path / 'metrics.jsonl').read_text().splitlines()) if 'eval_loss' in m}
+  best = min(evals, key=evals.get)
+  kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
+  assert kept == sorted({best, 16})
+
+
+def test_init_from_takes_parameters_only(tmp_path):
+  first = loop.train_and_evaluate(_config(tmp_path / 'a', max_steps=6))
+  second = loop.train_and_evaluate(_config(tmp_path / 'b', max_steps=1, init_from=str(
+      tmp_path / 'a'), learning_rate=1e-9))
+  assert second.step == 1
+  a = first.state.params['embedder']['input_embedding']
+  b = second.state.params['embedder']['input_embedding']
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+  with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
+    loop.train_and_evaluate(_config(tmp_path / 'c', init_from=str(tmp_path / 'nothing')))
+  with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
+    loop.train_and_evaluate(_config(tmp_path / 'd', model='bench', init_from=str(tmp_path / 'a')))
+  assert not (tmp_path / 'c').exists() and not (tmp_path / 'd').exists()
+
+
+def test_export_loads_in_plain_orbax_and_gemma(reference, tmp_path):
+  ref_dir, _, ref_params = reference
+  out = tmp_path / 'export'
+  done = subprocess.run([sys.executable, '-m', 'gemma_mt.export', f'--workdir={ref_dir}',
+                         f'--out={out}'], cwd=REPO, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  import orbax.checkpoint as ocp
+  from gemma import gm
+  params = ocp.PyTreeCheckpointer().restore(str(out / 'params'))
+  _assert_same_params(params, ref_params)
+  config = json.loads((out / 'config.json').read_text())
+  assert config['model'] == 'tiny' and (out / 'tokenizer.model').is_file()
+  from gemma_mt import models
+  model = gm.nn.Transformer(config=models.get_model_spec('tiny').transformer_config(),
+                            dtype=jax.numpy.float32)
+  logits = model.apply({'params': params}, jax.numpy.array([[2, 830, 337]])).logits
+  assert logits.shape == (1, 3, 1024)
+  again = subprocess.run([sys.executable, '-m', 'gemma_mt.export', f'--workdir={ref_dir}',
+                          f'--out={out}'], cwd=REPO, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120)
+  assert again.returncode == 2 and 'not empty' in again.stderr
+
+
+def test_unwritable_workdir_is_an_error_before_training(tmp_path):
+  done = subprocess.run([sys.executable, '-m', 'gemma_mt.train', '--workdir=/proc/gemma_mt_run',
+                         '--max_steps=2'], cwd=REPO, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      'error: --workdir=/proc/gemma_mt_run is not writable')
