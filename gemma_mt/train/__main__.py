@@ -20,15 +20,23 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = train_flags.config_from_flags()
+  options = train_flags.distributed_options_from_flags()
   try:
     config.validate()
+    options.validate()
     # Heavy imports (jax, gemma, tensorflow) only once the flags are known to be good.
+    from gemma_mt.train import distributed  # pylint: disable=import-outside-toplevel
     from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
+    distributed.initialize(options)
     result = loop.train_and_evaluate(config)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if result.preempted or jax.process_index() != 0:
+    return
   if result.eval_loss is not None:
     print(f'final eval_loss {result.eval_loss:.4f} at step {result.step}')
   if result.translations:

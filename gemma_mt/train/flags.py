@@ -11,6 +11,7 @@ import dataclasses
 from absl import flags
 
 from gemma_mt.train.config import TrainConfig
+from gemma_mt.train.distributed import DistributedOptions
 
 _HELP = {
     'workdir': 'Directory of this run: checkpoints/, metrics.jsonl, tensorboard/. A workdir '
@@ -65,16 +66,37 @@ _HELP = {
 }
 
 
-def define_flags() -> None:
-  """Defines one flag per TrainConfig field (idempotent)."""
-  if 'workdir' in flags.FLAGS:
-    return
-  for field in dataclasses.fields(TrainConfig):
-    default = field.default
+_DISTRIBUTED_HELP = {
+    'coordinator_address': 'host:port of process 0 in a multi-process job (with --num_processes '
+                           'and --process_id). Without the three: JAX auto-detects SLURM, Open '
+                           'MPI and Kubernetes jobs, else one process.',
+    'num_processes': 'Number of processes in the job (0: auto-detect).',
+    'process_id': 'Index of this process in the job (-1: auto-detect).',
+    'cpu_devices_per_process': 'Simulated CPU devices in this process (0: JAX default).',
+    'heartbeat_timeout_seconds': 'A process silent this long fails the whole job (so no process '
+                                 'hangs in a collective when another died).',
+}
+
+
+def _define(dataclass: type, help_texts: dict[str, str]) -> None:
+  for field in dataclasses.fields(dataclass):
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     define = {'int': flags.DEFINE_integer, 'float': flags.DEFINE_float,
               'str': flags.DEFINE_string, 'bool': flags.DEFINE_boolean}[kind]
-    define(field.name, default, _HELP[field.name])
+    define(field.name, field.default, help_texts[field.name])
+
+
+def define_flags() -> None:
+  """Defines one flag per TrainConfig and DistributedOptions field (idempotent)."""
+  if 'workdir' in flags.FLAGS:
+    return
+  _define(TrainConfig, _HELP)
+  _define(DistributedOptions, _DISTRIBUTED_HELP)
+
+
+def distributed_options_from_flags() -> DistributedOptions:
+  return DistributedOptions(
+      **{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(DistributedOptions)})
 
 
 def config_from_flags() -> TrainConfig:

@@ -395,7 +395,9 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
     sink.close()
 
   translations = []
-  if config.num_translations and not preempted:
+  if config.num_translations and not preempted and jax.process_count() > 1:
+    _LOG.info('sample translations are skipped in multi-process runs')
+  elif config.num_translations and not preempted:
     prompt_format = records.PromptFormat.from_template(config.prompt_template)
     translator = Translator(model, state.params, tokenizer, prompt_format, config.max_new_tokens)
     pairs = data.eval_pairs[: config.num_translations]

@@ -1,0 +1,113 @@
+"""``python -m gemma_mt.launch --num_processes=P --cpu_devices_per_process=N -- <train flags>``.
+
+Runs a P-process training job on this machine, as a cluster scheduler would run it on P hosts:
+each process is ``python -m gemma_mt.train`` with JAX's own coordinator flags (process 0 serves
+the coordinator on a free loopback port). Process 0's output is passed through; the others'
+lines are prefixed with ``[process i]``. The exit status is 0 only if every process succeeded;
+when one fails, the others are given ``--grace_seconds`` to stop on their own, then killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+
+def free_loopback_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def process_command(train_args: Sequence[str], *, port: int, num_processes: int,
+                    process_id: int, cpu_devices_per_process: int) -> list[str]:
+  """The command line of one process of the job."""
+  command = [sys.executable, '-m', 'gemma_mt.train', *train_args,
+             f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
+             f'--process_id={process_id}']
+  if cpu_devices_per_process:
+    command.append(f'--cpu_devices_per_process={cpu_devices_per_process}')
+  return command
+
+
+def _pump(stream, out, prefix: str) -> None:
+  for line in iter(stream.readline, ''):
+    out.write(prefix + line)
+    out.flush()
+
+
+def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_process: int = 0,
+           grace_seconds: float = 60.0) -> int:
+  """Runs the job; returns 0 if all processes succeeded, else the first failure's status."""
+  port = free_loopback_port()
+  procs = []
+  pumps = []
+  for i in range(num_processes):
+    proc = subprocess.Popen(
+        process_command(train_args, port=port, num_processes=num_processes, process_id=i,
+                        cpu_devices_per_process=cpu_devices_per_process),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    procs.append(proc)
+    prefix = '' if i == 0 else f'[process {i}] '
+    for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+      pump = threading.Thread(target=_pump, args=(stream, out, prefix), daemon=True)
+      pump.start()
+      pumps.append(pump)
+
+  def forward(signum, _frame):
+    for proc in procs:
+      if proc.poll() is None:
+        proc.send_signal(signum)
+
+  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    failed_at = None
+    while any(p.poll() is None for p in procs):
+      if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+        failed_at = time.monotonic()
+      if failed_at is not None and time.monotonic() - failed_at > grace_seconds:
+        for p in procs:
+          if p.poll() is None:
+            p.kill()
+      time.sleep(0.2)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  for pump in pumps:
+    pump.join(timeout=5)
+  statuses = [p.returncode for p in procs]
+  for i, status in enumerate(statuses):
+    if status != 0:
+      print(f'error: process {i} of {num_processes} exited with status {status}',
+            file=sys.stderr)
+  return next((s for s in statuses if s != 0), 0) and 1
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m gemma_mt.launch', description=__doc__.split(
+      '\n\n')[1], usage='%(prog)s --num_processes=P [--cpu_devices_per_process=N] -- FLAGS')
+  parser.add_argument('--num_processes', type=int, required=True)
+  parser.add_argument('--cpu_devices_per_process', type=int, default=0)
+  parser.add_argument('--grace_seconds', type=float, default=60.0,
+                      help='after one process fails, wait this long for the others')
+  parser.add_argument('train_args', nargs=argparse.REMAINDER,
+                      help='flags of python -m gemma_mt.train, after --')
+  args = parser.parse_args(argv)
+  train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
+  if args.num_processes < 1 or args.cpu_devices_per_process < 0:
+    print('error: --num_processes must be >= 1 and --cpu_devices_per_process >= 0',
+          file=sys.stderr)
+    return 2
+  return launch(train_args, num_processes=args.num_processes,
+                cpu_devices_per_process=args.cpu_devices_per_process,
+                grace_seconds=args.grace_seconds)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,120 @@
+"""Multi-process jobs on one machine: real `jax.distributed` processes started by the launcher."""
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import REPO, subprocess_env
+
+# A constant rate so that a run stopped by a smaller --max_steps follows the same schedule.
+FLAGS = ['--batch_size=16', '--eval_batch_size=16', '--log_every_n=1', '--eval_every_n=100',
+         '--save_every_n=3', '--num_translations=0', '--lr_schedule=constant',
+         '--warmup_steps=0']
+
+
+def _single(workdir, steps: int) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', f'--max_steps={steps}',
+       '--cpu_devices_per_process=8', *FLAGS],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def _launch_command(workdir, steps: int) -> list[str]:
+  return [sys.executable, '-m', 'gemma_mt.launch', '--num_processes=2',
+          '--cpu_devices_per_process=4', '--', f'--workdir={workdir}', f'--max_steps={steps}',
+          *FLAGS]
+
+
+def _launch(workdir, steps: int) -> subprocess.CompletedProcess:
+  return subprocess.run(_launch_command(workdir, steps), cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+def _losses(workdir) -> list[float]:
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [m['train_loss'] for m in map(json.loads, lines) if 'train_loss' in m]
+
+
+def _reported_step(workdir) -> int:
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return 0
+  return max((json.loads(l)['step'] for l in path.read_text().splitlines()), default=0)
+
+
+@pytest.fixture(scope='module')
+def one_process_reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one_process')
+  done = _single(workdir, 10)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return _losses(workdir)
+
+
+def test_two_processes_give_the_one_process_losses(one_process_reference, tmp_path):
+  done = _launch(tmp_path, 10)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '[process 1]' in done.stderr and 'final eval_loss' in done.stdout
+  assert done.stdout.count('final eval_loss') == 1  # only process 0 reports
+  assert sorted(p.name for p in tmp_path.glob('checkpoints/9/data/process_*')) == [
+      'process_0-of-2.json', 'process_1-of-2.json']
+  np.testing.assert_allclose(_losses(tmp_path), one_process_reference, rtol=1e-5)
+
+
+def test_checkpoints_move_between_two_processes_and_one(one_process_reference, tmp_path):
+  done = _launch(tmp_path / 'a', 6)
+  assert done.returncode == 0, done.stderr[-3000:]
+  done = _single(tmp_path / 'a', 10)
+  assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
+  np.testing.assert_allclose(_losses(tmp_path / 'a'), one_process_reference, rtol=1e-5)
+  done = _single(tmp_path / 'b', 6)
+  assert done.returncode == 0, done.stderr[-3000:]
+  done = _launch(tmp_path / 'b', 10)
+  assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
+  np.testing.assert_allclose(_losses(tmp_path / 'b'), one_process_reference, rtol=1e-5)
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+  deadline = time.monotonic() + timeout
+  while _reported_step(workdir) < step:
+    assert proc.poll() is None, 'the job ended early'
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
+def test_a_killed_process_ends_the_job_and_the_job_resumes(tmp_path):
+  proc = subprocess.Popen(_launch_command(tmp_path, 400), cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(tmp_path, 4, proc)
+  victim = next(c for c in psutil.Process(proc.pid).children()
+                if '--process_id=1' in ' '.join(c.cmdline()))
+  victim.send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  _, stderr = proc.communicate(timeout=120)
+  assert time.monotonic() - killed_at < 60
+  assert proc.returncode != 0
+  assert 'error: process 1 of 2 exited with status -9' in stderr
+  assert (tmp_path / 'checkpoints').is_dir()
+  done = _launch(tmp_path, 12)
+  assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
+
+
+def test_sigterm_to_all_processes_saves_one_agreed_step(tmp_path):
+  proc = subprocess.Popen(_launch_command(tmp_path, 400), cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(tmp_path, 4, proc)
+  proc.send_signal(signal.SIGTERM)  # the launcher passes it to every process
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  lines = [l for l in stderr.splitlines() if 'stopping on' in l]
+  assert len(lines) == 2  # process 0 and process 1
+  steps = {int(l.split('checkpoint at step ')[1].split(';')[0]) for l in lines}
+  assert len(steps) == 1
+  step = steps.pop()
+  assert (tmp_path / 'checkpoints' / str(step)).is_dir() and step < 400
