@@ -1,10 +1,12 @@
-"""Benchmark: training-step throughput and MFU on this machine, one device vs a mesh of 8.
+"""Benchmark: training-step throughput and MFU, one device vs a mesh of 8 (CPU), or on a GPU.
 
     .venv/bin/python bench/step_throughput.py [--model=bench --seq_len=128 --batch_size=64]
+    python bench/step_throughput.py --gpu      # the GPU table (Gemma 2B architecture, bfloat16)
 
-Each row runs in its own process (the number of CPU devices is fixed when JAX starts): the
-float32 matmul rate measured in that process is the peak that MFU is taken against, and the step
-is the library's own jitted, sharded `train_step` (AdamW) on random tokens.
+On CPU each row runs in its own process (the number of CPU devices is fixed when JAX starts):
+the float32 matmul rate measured in that process is the peak that MFU is taken against. On a GPU
+the peak is the bfloat16 matmul rate measured there, and the published peak of the chip is shown
+too. The step is the library's own jitted, sharded `train_step` (AdamW) on random tokens.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Gemma 1 2B's architecture (random weights): the shape of the tutorial's model.
+GEMMA_2B_SHAPE = dict(num_embed=256128, embed_dim=2048, hidden_dim=16384, num_heads=8,
+                      head_dim=256, num_kv_heads=1, num_layers=18)
 
-def measure(args: argparse.Namespace) -> dict[str, float]:
+
+def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
+            dtype: str) -> dict[str, float | str]:
   import jax  # pylint: disable=import-outside-toplevel
 
-  jax.config.update('jax_num_cpu_devices', args.devices)
+  if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
+    jax.config.update('jax_num_cpu_devices', devices)
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
@@ -34,60 +42,89 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
   from gemma_mt.train import perf, sharding, step  # pylint: disable=import-outside-toplevel
   from gemma_mt.train.mesh_spec import MeshSpec  # pylint: disable=import-outside-toplevel
 
-  # Peak: float32 matmul on all devices at once (each device multiplies its own pair).
-  n = 2048
-  mesh = sharding.make_mesh(MeshSpec.parse(args.mesh))
-  a = jax.device_put(jnp.ones((args.devices * n, n), jnp.float32), sharding.batch_sharding(mesh))
-  b = jnp.ones((n, n), jnp.float32)
+  param_dtype = jnp.dtype(dtype)
+  mesh = sharding.make_mesh(MeshSpec.parse(mesh))
+  devices = mesh.size
+  # Peak: matmul in the step's dtype on all devices at once (each device its own pair).
+  n = 2048 if jax.default_backend() == 'cpu' else 8192
+  a = jax.device_put(jnp.ones((devices * n, n), param_dtype), sharding.batch_sharding(mesh))
+  b = jnp.ones((n, n), param_dtype)
   matmul = jax.jit(lambda x, y: x @ y)
   matmul(a, b).block_until_ready()
   reps, start = 10, time.perf_counter()
   for _ in range(reps):
     out = matmul(a, b)
   out.block_until_ready()
-  peak_flops = 2 * args.devices * n**3 * reps / (time.perf_counter() - start)
+  peak_flops = 2 * devices * n**3 * reps / (time.perf_counter() - start)
 
-  spec = models.get_model_spec(args.model)
-  model = spec.transformer(jnp.float32)
+  if model == 'gemma-2b-architecture':
+    spec = models.ModelSpec(model, tokenizer_path='', **GEMMA_2B_SHAPE)
+  else:
+    spec = models.get_model_spec(model)
+  transformer = spec.transformer(param_dtype)
   optimizer = optax.adamw(1e-4)
 
   def init():
-    params = models.init_params(model, 0, 8)
+    params = models.init_params(transformer, 0, 8)
     return step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   abstract = jax.eval_shape(init)
   shardings = sharding.state_shardings(mesh, abstract)
   state = jax.jit(init, out_shardings=shardings)()
   rng = np.random.RandomState(0)
-  tokens = rng.randint(4, spec.num_embed, size=(args.batch_size, args.seq_len)).astype(np.int32)
+  tokens = rng.randint(4, spec.num_embed, size=(batch_size, seq_len)).astype(np.int32)
   tokens[:, 0] = 2
   mask = np.ones_like(tokens, dtype=bool)
-  mask[:, : args.seq_len // 4] = False
+  mask[:, : seq_len // 4] = False
   batch = sharding.global_batch(TrainingInput(tokens, mask), mesh)
-  train = jax.jit(functools.partial(step.train_step, model=model, optimizer=optimizer, pad_id=0),
+  train = jax.jit(functools.partial(step.train_step, model=transformer, optimizer=optimizer,
+                                    pad_id=0),
                   in_shardings=(shardings, sharding.batch_sharding(mesh)),
                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  start = time.perf_counter()
   compiled = train.lower(state, batch).compile()
-  flops_per_device = perf.compiled_flops(compiled)
+  compile_s = time.perf_counter() - start
+  total_flops = perf.model_flops_per_step(
+      num_params=models.count_params(abstract.params), num_layers=spec.num_layers,
+      num_heads=spec.num_heads, head_dim=spec.head_dim, batch_size=batch_size, seq_len=seq_len)
+  xla_flops = (perf.compiled_flops(compiled) or float('nan')) * devices
   for _ in range(2):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for _ in range(args.steps):
+  for _ in range(steps):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  step_time = (time.perf_counter() - start) / args.steps
-  total_flops = flops_per_device * args.devices
+  step_time = (time.perf_counter() - start) / steps
+  published = perf.peak_tflops(jax.devices()[0].device_kind)
   return {
-      'devices': args.devices,
-      'mesh': args.mesh or 'data:1',
+      'device_kind': jax.devices()[0].device_kind,
+      'devices': devices,
+      'mesh': ','.join(f'{k}:{v}' for k, v in mesh.shape.items() if v > 1) or 'data:1',
       'params_m': models.count_params(abstract.params) / 1e6,
+      'compile_s': compile_s,
       'step_time_s': step_time,
-      'tokens_per_s': args.batch_size * args.seq_len / step_time,
-      'model_gflops_per_s': total_flops / step_time / 1e9,
-      'matmul_gflops_per_s': peak_flops / 1e9,
+      'tokens_per_s': batch_size * seq_len / step_time,
+      'model_tflops_per_s': total_flops / step_time / 1e12,
+      'xla_cost_analysis_tflops_per_s': xla_flops / step_time / 1e12,
+      'matmul_tflops_per_s': peak_flops / 1e12,
       'mfu': total_flops / step_time / peak_flops,
+      'mfu_vs_published_peak': (total_flops / step_time / 1e12 / (published * devices)
+                                if published else float('nan')),
+      'loss': float(metrics['train_loss']),
   }
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+  base = rows[0]['tokens_per_s']
+  print(title)
+  print('| devices | mesh | step (s) | tokens/s | vs first row | model TFLOP/s | '
+        'matmul TFLOP/s | MFU (measured peak) | MFU (published peak) |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for r in rows:
+    print(f'| {r["devices"]} | {r["mesh"]} | {r["step_time_s"]:.3f} | {r["tokens_per_s"]:.0f} | '
+          f'{r["tokens_per_s"] / base:.2f} | {r["model_tflops_per_s"]:.3f} | '
+          f'{r["matmul_tflops_per_s"]:.3f} | {r["mfu"]:.2f} | {r["mfu_vs_published_peak"]:.2f} |')
 
 
 def main() -> None:
@@ -96,30 +133,39 @@ def main() -> None:
   parser.add_argument('--seq_len', type=int, default=128)
   parser.add_argument('--batch_size', type=int, default=64)
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--devices', type=int, default=0, help='internal: measure one row')
+  parser.add_argument('--dtype', default='float32')
+  parser.add_argument('--gpu', action='store_true', help='the GPU table, in this process')
+  parser.add_argument('--devices', type=int, default=0, help='internal: measure one CPU row')
   parser.add_argument('--mesh', default='')
   args = parser.parse_args()
+  if args.gpu:
+    rows = [measure(model='gemma-2b-architecture', devices=0, mesh='', batch_size=8,
+                    seq_len=512, steps=5, dtype='bfloat16'),
+            measure(model='bench', devices=0, mesh='', batch_size=64, seq_len=128, steps=5,
+                    dtype='bfloat16')]
+    for r in rows:
+      print(json.dumps(r))
+    _print_rows(rows[:1], f'{rows[0]["device_kind"]}: Gemma 2B architecture '
+                f'({rows[0]["params_m"]:.0f}M parameters), sequence 512, batch 8, bfloat16, '
+                f'AdamW; compile {rows[0]["compile_s"]:.0f} s')
+    _print_rows(rows[1:], f'{rows[1]["device_kind"]}: bench model ({rows[1]["params_m"]:.1f}M '
+                'parameters), sequence 128, batch 64, bfloat16, AdamW')
+    return
   if args.devices:
-    print(json.dumps(measure(args)))
+    print(json.dumps(measure(model=args.model, devices=args.devices, mesh=args.mesh,
+                             batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
+                             dtype=args.dtype)))
     return
   rows = []
   for devices, mesh in ((1, 'data:1'), (8, 'data:8'), (8, 'fsdp:8')):
     out = subprocess.run(
         [sys.executable, __file__, f'--devices={devices}', f'--mesh={mesh}',
-         f'--model={args.model}', f'--seq_len={args.seq_len}',
+         f'--model={args.model}', f'--seq_len={args.seq_len}', f'--dtype={args.dtype}',
          f'--batch_size={args.batch_size}', f'--steps={args.steps}'],
         capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  base = rows[0]['tokens_per_s']
-  print(f'model {args.model} ({rows[0]["params_m"]:.1f}M parameters), sequence {args.seq_len}, '
-        f'batch {args.batch_size}, float32, AdamW')
-  print('| devices | mesh | step (s) | tokens/s | vs 1 device | model GFLOP/s | '
-        'f32 matmul GFLOP/s | MFU |')
-  print('|---|---|---|---|---|---|---|---|')
-  for r in rows:
-    print(f'| {r["devices"]} | {r["mesh"]} | {r["step_time_s"]:.3f} | {r["tokens_per_s"]:.0f} | '
-          f'{r["tokens_per_s"] / base:.2f} | {r["model_gflops_per_s"]:.1f} | '
-          f'{r["matmul_gflops_per_s"]:.1f} | {r["mfu"]:.2f} |')
+  _print_rows(rows, f'model {args.model} ({rows[0]["params_m"]:.1f}M parameters), sequence '
+              f'{args.seq_len}, batch {args.batch_size}, {args.dtype}, AdamW')
 
 
 if __name__ == '__main__':

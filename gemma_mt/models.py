@@ -9,6 +9,7 @@ parameters, for benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any
 
 from gemma_mt.data import demo_corpus
@@ -56,11 +57,47 @@ class ModelSpec:
         attention_types=(gm.nn.config.AttentionType.GLOBAL,) * self.num_layers,
     )
 
-  def transformer(self, param_dtype: Any) -> Transformer:
-    """The flax module; ``param_dtype`` is the dtype its parameters are created in."""
+  def transformer(self, param_dtype: Any, remat: str = 'none') -> Transformer:
+    """The flax module; ``param_dtype`` is the dtype its parameters are created in.
+
+    ``remat='block'`` recomputes each block's activations in the backward pass instead of
+    keeping them (less memory, about one more forward pass of compute); same parameters.
+    """
     from gemma import gm  # pylint: disable=import-outside-toplevel
 
-    return gm.nn.Transformer(config=self.transformer_config(), dtype=param_dtype)
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f'remat={remat!r}: use one of {REMAT_POLICIES}')
+    cls = _block_remat_transformer() if remat == 'block' else gm.nn.Transformer
+    return cls(config=self.transformer_config(), dtype=param_dtype)
+
+
+REMAT_POLICIES = ('none', 'block')
+
+
+def _call_block(block: Any, x: Any, positions: Any, cache: Any, attention_mask: Any) -> Any:
+  return block(x, positions, cache, attention_mask)
+
+
+@functools.cache
+def _block_remat_transformer() -> type:
+  """``gm.nn.Transformer`` whose blocks are rematerialized one by one (``flax.linen.remat``)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from gemma import gm  # pylint: disable=import-outside-toplevel
+
+  class BlockRematTransformer(gm.nn.Transformer):
+    """The same module and parameters; only what the backward pass keeps differs."""
+
+    def _apply_attention(self, inputs: Any, cache: Any) -> tuple[Any, Any]:
+      # The loop of gm.nn.Transformer._apply_attention, each block call under remat.
+      call = nn.remat(_call_block, prevent_cse=True)
+      x, old_cache, new_cache = inputs.embeddings, cache or {}, {}
+      for i, block in enumerate(self.blocks):
+        name = f'layer_{i}'
+        new_cache[name], x = call(block, x, inputs.positions, old_cache.get(name),
+                                  inputs.attention_mask)
+      return self.final_norm(x), new_cache
+
+  return BlockRematTransformer
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -131,3 +131,22 @@ def test_masked_positions_do_not_matter_and_every_row_does():
   other[3, 7] = (other[3, 7] + 1) % 50
   assert float(step_lib.loss_sums(logits, batch._replace(input_tokens=other)).loss_sum) != float(
       base.loss_sum)
+
+
+def test_model_flops_and_peaks():
+  from gemma_mt.train import perf
+  flops = perf.model_flops_per_step(num_params=1000, num_layers=2, num_heads=4, head_dim=8,
+                                    batch_size=3, seq_len=16)
+  assert flops == 3 * 16 * (6 * 1000 + 12 * 2 * 4 * 8 * 16)
+  assert perf.peak_tflops('NVIDIA H200') == 989.0
+  assert perf.peak_tflops('cpu') is None
+  assert perf.peak_tflops('cpu', override=0.2) == 0.2
+
+
+def test_block_remat_and_bfloat16_compute_train_the_same_run(tmp_path):
+  reference = _run(tmp_path, 'data:8')
+  np.testing.assert_allclose(_run(tmp_path / 'remat', 'data:8', remat='block'), reference,
+                             rtol=1e-5)
+  mixed = _run(tmp_path / 'bf16', 'data:8', compute_dtype='bfloat16')
+  np.testing.assert_allclose(mixed, reference, rtol=3e-2)
+  assert mixed != reference

@@ -59,6 +59,7 @@ class TrainConfig:
   grad_accum_steps: int = 1
   param_dtype: str = 'float32'
   compute_dtype: str = 'float32'
+  remat: str = 'none'
   mesh: str = ''
   peak_tflops_per_device: float = 0.0
   eval_every_n: int = 200
@@ -119,6 +120,7 @@ class TrainConfig:
         'lr_schedule': LR_SCHEDULES,
         'param_dtype': PARAM_DTYPES,
         'compute_dtype': PARAM_DTYPES,
+        'remat': models.REMAT_POLICIES,
         'prompt_template': records.PROMPT_TEMPLATES,
         'too_long': records.TOO_LONG_POLICIES,
     }

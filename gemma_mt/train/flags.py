@@ -47,6 +47,8 @@ _HELP = {
                         'gradients (the same update as one big batch, less memory).',
     'param_dtype': 'Parameter (and optimizer state) dtype: float32 or bfloat16.',
     'compute_dtype': 'Dtype of the forward and backward pass: float32 or bfloat16.',
+    'remat': 'none: keep activations for the backward pass; block: recompute each block\'s '
+             '(less memory, about a third more compute).',
     'mesh': 'Device mesh data:D,fsdp:F,tensor:T over all devices of all processes; one size may '
             'be -1 for the rest. Empty: every device on data.',
     'peak_tflops_per_device': 'Peak TFLOP/s of one device, for MFU; 0 looks it up for known '

@@ -199,7 +199,7 @@ def train_and_evaluate(config: TrainConfig, *,
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
 
-  model = spec.transformer(jnp.dtype(config.param_dtype))
+  model = spec.transformer(jnp.dtype(config.param_dtype), config.remat)
 
   def init_params() -> Any:
     return models.init_params(model, config.seed, config.max_seq_len)
@@ -304,7 +304,7 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
       positions=tokens_shape if config.packing else None)
   compute_dtype = None if config.compute_dtype == config.param_dtype else jnp.dtype(
       config.compute_dtype)
-  # Compiled ahead of time: one compilation, whose cost analysis gives the FLOPs of a step.
+  # Compiled ahead of time, once, before the loop (and before the first batch is needed).
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
                         pad_id=tokenizer.pad_id, learning_rate_fn=schedule,
@@ -318,14 +318,16 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
       in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=sharding.replicated(mesh),
   )
-  step_flops = perf.compiled_flops(train_fn)
+  step_flops = perf.model_flops_per_step(
+      num_params=models.count_params(abstract_state.params), num_layers=model.config.num_layers,
+      num_heads=model.config.num_heads, head_dim=model.config.head_dim,
+      batch_size=config.batch_size, seq_len=config.max_seq_len)
   peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
 
   if is_main:
     _log_startup_summary(config, mesh, abstract_state, state_shardings)
-    _LOG.info('%d steps of %d examples (%d accumulation steps); %s FLOPs per step',
-              num_steps, config.batch_size, config.grad_accum_steps,
-              f'{step_flops:.3g}' if step_flops else 'unknown')
+    _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g model FLOPs per step',
+              num_steps, config.batch_size, config.grad_accum_steps, step_flops)
   sink = reporting.MetricsSink(config.workdir, enabled=is_main)
   bar = reporting.progress_bar(initial=start_step, total=num_steps, enabled=is_main)
   eval_loss, best_eval_loss, preempted = None, None, False
@@ -357,11 +359,9 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
               float(m['num_target_tokens']) for m in fetched) / elapsed
           report['step_time_sec'] = step_time
           report['data_wait_fraction'] = data_wait / elapsed
-          if step_flops:
-            # XLA's count is per device for a partitioned program.
-            report['model_tflops_per_sec_per_device'] = step_flops / step_time / 1e12
-            if peak:
-              report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
+          report['model_tflops_per_sec_per_device'] = step_flops / mesh.size / step_time / 1e12
+          if peak:
+            report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
           sink.write(step, report)
           bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
                           tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)

@@ -1,4 +1,4 @@
-"""Throughput accounting: FLOPs of a compiled step, peak rates of known chips, MFU."""
+"""Throughput accounting: model FLOPs of a step, peak rates of known chips, MFU."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
     if device_kind.startswith(prefix):
       return value
   return None
+
+
+def model_flops_per_step(*, num_params: int, num_layers: int, num_heads: int, head_dim: int,
+                         batch_size: int, seq_len: int) -> float:
+  """Training FLOPs of one step by the model's shape (PaLM's MFU definition): 6 per parameter
+  per token (forward and backward; the tied embedding counts once, as the output projection)
+  plus causal-free attention, 12 · layers · heads · head_dim · seq_len per token.
+
+  Shapes, not the compiled program: recomputation does not count, and XLA's own cost analysis
+  misses the matmuls that GPUs run as library calls.
+  """
+  tokens = batch_size * seq_len
+  per_token = 6 * num_params + 12 * num_layers * num_heads * head_dim * seq_len
+  return float(per_token * tokens)
 
 
 def compiled_flops(compiled: Any) -> float | None:
