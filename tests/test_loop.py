@@ -69,6 +69,9 @@ def test_other_model_in_workdir_is_refused(uninterrupted):
   before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
   with pytest.raises(CheckpointError, match='another model'):
     loop.train_and_evaluate(_config(workdir, param_dtype='bfloat16', max_steps=16))
+  # Another optimizer's state has another structure: refused, nothing renamed or overwritten.
+  with pytest.raises(CheckpointError, match='train state of another shape'):
+    loop.train_and_evaluate(_config(workdir, optimizer='sgd', max_steps=16))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
 
 

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -70,8 +72,19 @@ class RunCheckpoints:
                            keep_checkpoints_without_metrics=False),
         ]),
     )
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(_STATE, _DATA, _CONFIG, _META))
+    # Handlers registered up front, so that a fresh manager reads metadata before any save.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, handler, save_args, restore_args in (
+        (_STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave, ocp.args.StandardRestore),
+        (_DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
+         grain.checkpoint.CheckpointRestore),
+        (_CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+        (_META, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+    ):
+      registry.add(item, save_args, handler)
+      registry.add(item, restore_args, handler)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          handler_registry=registry)
 
   def all_steps(self) -> list[int]:
     """Complete checkpoints, oldest first."""
@@ -131,19 +144,42 @@ class RunCheckpoints:
                             'earlier checkpoints are intact: free space or fix permissions '
                             'and run again to resume') from e
 
-  def restore_latest(self, abstract_state: Any, data_iterator: grain.DatasetIterator | None,
-                     ) -> tuple[int, Any] | None:
+  def check_state_matches(self, step: int, abstract_state: Any) -> None:
+    """Raises CheckpointError if the saved state's arrays differ in path, shape or dtype.
+
+    Catches every change that makes a checkpoint unrestorable for this run (another model, an
+    optimizer whose state has another structure) before anything is read or renamed.
+    """
+    saved = _leaf_specs(self._manager.item_metadata(step)[_STATE])
+    wanted = _leaf_specs(abstract_state)
+    if saved != wanted:
+      differing = sorted(set(saved.items()) ^ set(wanted.items()))[:3]
+      described = '; '.join(f'{path} {shape} {dtype}' for path, (shape, dtype) in differing)
+      raise CheckpointError(
+          f'checkpoint {step} in {self.directory} holds a train state of another shape '
+          f'(e.g. {described}): --model, --param_dtype, --optimizer, --weight_decay or '
+          '--grad_clip_norm differ from the run that wrote it; use a new --workdir or the same '
+          'settings')
+
+  def restore_latest(self, config: TrainConfig, abstract_state: Any,
+                     data_iterator: grain.DatasetIterator | None,
+                     check: Callable[[int], None] = lambda step: None) -> tuple[int, Any] | None:
     """Restores the newest checkpoint that reads back; None if there is none.
 
-    A checkpoint that fails to restore (a corrupted file) is renamed aside with a warning and
-    the one before it is tried. ``data_iterator`` is moved to the saved position if given.
+    A checkpoint of another run (see ``check_compatible``, ``check_state_matches`` and
+    ``check``) stops with CheckpointError and nothing is touched. A checkpoint that fails to read
+    (a corrupted file) is renamed aside with a warning and the one before it is tried.
+    ``data_iterator`` is moved to the saved position if given.
     """
     for step in reversed(self.all_steps()):
       try:
+        self.check_compatible(config, step)
+        self.check_state_matches(step, abstract_state)
+        check(step)
         return step, self.restore(step, abstract_state, data_iterator)
-      except (ValueError, OSError, KeyError, RuntimeError) as e:
-        if isinstance(e, CheckpointError):
-          raise
+      except CheckpointError:
+        raise
+      except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:
         aside = os.path.join(self.directory, f'{step}.unreadable-{int(time.time())}')
         _LOG.warning('checkpoint %d in %s cannot be restored (%s: %s); moved to %s, trying '
                      'the previous one', step, self.directory, type(e).__name__,
@@ -166,6 +202,16 @@ class RunCheckpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _path_name(path: Any) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """``{path: (shape, dtype)}`` of the arrays of a state or of its saved metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:

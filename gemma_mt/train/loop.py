@@ -226,13 +226,7 @@ def train_and_evaluate(config: TrainConfig, *,
 def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
            tokenizer: GemmaTokenizer, data: RunData, store: checkpoint.RunCheckpoints,
            is_main: bool) -> TrainResult:
-  latest = store.latest_step()
-  position = None
-  if latest is not None:
-    store.check_compatible(config, latest)
-    position = store.saved_position(latest)
-  max_steps_hint = total_steps(config, len(data.train))
-  optimizer, schedule = optimizer_lib.make_optimizer(config, max_steps_hint)
+  optimizer, schedule = optimizer_lib.make_optimizer(config, total_steps(config, len(data.train)))
 
   def init_state() -> step_lib.TrainState:
     params = init_params()
@@ -246,44 +240,43 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
       abstract_state, state_shardings)
 
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
-  same_layout = position is not None and (position.batch_size, position.process_count) == (
-      config.batch_size, jax.process_count())
-  if config.packing:
-    if position is not None and not same_layout:
-      raise checkpoint.CheckpointError(
-          f'{store.directory} was saved with --batch_size={position.batch_size} on '
-          f'{position.process_count} processes; a --packing run resumes exactly only with the '
-          'same batch size and number of processes')
-    train_data = pipeline.packed_train_dataset(
-        data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
-        global_batch_size=config.batch_size, seed=config.seed,
-        num_epochs=config.num_epochs or None, process=process)
-  else:
-    train_data = pipeline.train_dataset(
-        data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
-        global_batch_size=config.batch_size, seed=config.seed,
-        num_epochs=config.num_epochs or None, process=process,
-        start_example=position.examples_consumed if position else 0)
-  data_iterator = pipeline.make_iterator(train_data)
 
-  if latest is None:
+  def train_iterator(start_example: int) -> Any:
+    if config.packing:
+      return pipeline.make_iterator(pipeline.packed_train_dataset(
+          data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+          global_batch_size=config.batch_size, seed=config.seed,
+          num_epochs=config.num_epochs or None, process=process))
+    return pipeline.make_iterator(pipeline.train_dataset(
+        data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
+        global_batch_size=config.batch_size, seed=config.seed,
+        num_epochs=config.num_epochs or None, process=process, start_example=start_example))
+
+  def check_packed_layout(step: int) -> None:
+    saved = store.saved_position(step)
+    if config.packing and (saved.batch_size, saved.process_count) != (
+        config.batch_size, jax.process_count()):
+      raise checkpoint.CheckpointError(
+          f'{store.directory} was saved with --batch_size={saved.batch_size} on '
+          f'{saved.process_count} processes; a --packing run resumes exactly only with the '
+          'same batch size and number of processes')
+
+  # Unpacked data resumes from the number of examples used (any batch size or number of
+  # processes); packed data from each process's Grain iterator state.
+  data_iterator = train_iterator(0)
+  restored = store.restore_latest(config, abstract_state,
+                                  data_iterator if config.packing else None, check_packed_layout)
+  position = None
+  if restored is None:
     state = jax.jit(init_state, out_shardings=state_shardings)()
     start_step, consumed = 0, 0
   else:
-    # Unpacked data resumes from the example count (any batch size or process count); packed
-    # data from each process's Grain iterator state.
-    restored = store.restore_latest(abstract_state, data_iterator if config.packing else None)
-    if restored is None:
-      raise checkpoint.CheckpointError(f'no checkpoint in {store.directory} can be restored')
     start_step, state = restored
     position = store.saved_position(start_step)
     consumed = position.examples_consumed
-    if not config.packing and start_step != latest:
-      data_iterator = pipeline.make_iterator(pipeline.train_dataset(
-          data.train, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
-          global_batch_size=config.batch_size, seed=config.seed,
-          num_epochs=config.num_epochs or None, process=process, start_example=consumed))
-    if not same_layout and position.batch_size != config.batch_size:
+    if not config.packing:
+      data_iterator = train_iterator(consumed)
+    if position.batch_size != config.batch_size:
       _LOG.info('batch size changed from %d to %d: continuing after example %d of the stream',
                 position.batch_size, config.batch_size, consumed)
     _LOG.info('resumed from %s at step %d', store.directory, start_step)
