@@ -249,3 +249,42 @@ def test_unwritable_workdir_is_an_error_before_training(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith(
       'error: --workdir=/proc/gemma_mt_run is not writable')
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 24 MiB file system: room for two checkpoints of the tiny model, not three."""
+  mount_point = tmp_path / 'disk'
+  mount_point.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=24M', 'tmpfs', str(mount_point)],
+                        capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f'cannot mount a small file system here: {done.stderr.strip()}')
+  yield mount_point
+  subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_full_disk_stops_with_one_line_and_keeps_earlier_checkpoints(tiny_disk):
+  workdir = tiny_disk / 'run'
+  done = subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', '--max_steps=20',
+       '--save_every_n=2', '--keep_checkpoints=10', '--batch_size=8', '--eval_every_n=100',
+       '--num_translations=0'],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  # Orbax's background threads log the failure too; their lines may interleave with ours.
+  errors = [l.strip() for l in done.stderr.splitlines() if l.strip().startswith('error:')]
+  assert len(errors) == 1 and 'failed' in errors[0] and 'earlier checkpoints are intact' in errors[0]
+  store = checkpoint.RunCheckpoints(str(workdir / 'checkpoints'), keep=10, save_every_n=2)
+  steps = store.all_steps()
+  assert steps and steps == list(range(2, 2 * len(steps) + 1, 2))
+  params = _final_params(workdir)  # the latest complete checkpoint reads back
+  assert jax.tree.leaves(params)
+
+
+def test_save_every_minutes_saves_between_step_cadences(tmp_path):
+  # --save_every_n is out of reach; a save at least every second must still happen.
+  loop.train_and_evaluate(_config(tmp_path, max_steps=40, save_every_n=1000, eval_every_n=1000,
+                                  save_every_minutes=1 / 60, keep_checkpoints=100))
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
+  assert steps[-1] == 40 and len(steps) >= 2, steps

@@ -118,3 +118,22 @@ def test_sigterm_to_all_processes_saves_one_agreed_step(tmp_path):
   assert len(steps) == 1
   step = steps.pop()
   assert (tmp_path / 'checkpoints' / str(step)).is_dir() and step < 400
+
+
+def test_cluster_detection_and_coordinator_flags():
+  from gemma_mt.train import distributed
+  assert distributed.detected_cluster({}) is None
+  assert distributed.detected_cluster({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}) is None
+  assert distributed.detected_cluster({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}) == 'SLURM'
+  assert distributed.detected_cluster(
+      {'OMPI_COMM_WORLD_SIZE': '2', 'OMPI_COMM_WORLD_RANK': '1'}) == 'Open MPI'
+  assert distributed.detected_cluster(
+      {'KUBERNETES_SERVICE_HOST': '10.0.0.1', 'JOB_COMPLETION_INDEX': '0'}) == 'Kubernetes'
+  with pytest.raises(distributed.DistributedError, match='go together'):
+    distributed.DistributedOptions(coordinator_address='127.0.0.1:1234').validate()
+  with pytest.raises(distributed.DistributedError, match='must be below'):
+    distributed.DistributedOptions('127.0.0.1:1234', num_processes=2, process_id=2).validate()
+  done = subprocess.run([sys.executable, '-m', 'gemma_mt.train', '--num_processes=2'], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+      'error: --coordinator_address, --num_processes and --process_id go together')

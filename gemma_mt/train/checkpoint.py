@@ -8,12 +8,13 @@ checkpoint. Saves are asynchronous: training goes on while the bytes are written
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -137,12 +138,21 @@ class RunCheckpoints:
         _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
                                   'saved_at': time.time()}),
     })
-    try:
+    # Saving first waits for the previous asynchronous save, so its failure surfaces here.
+    with self._save_failures():
       return self._manager.save(step, args=args, metrics=metrics, force=force)
-    except OSError as e:
-      raise CheckpointError(f'saving step {step} to {self.directory} failed ({e}); the '
-                            'earlier checkpoints are intact: free space or fix permissions '
-                            'and run again to resume') from e
+
+  @contextlib.contextmanager
+  def _save_failures(self) -> Iterator[None]:
+    """Turns a failed write (full disk, lost permissions) into one CheckpointError line."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as e:
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise CheckpointError(
+          f'saving a checkpoint to {self.directory} failed ({reason[:300]}); the earlier '
+          'checkpoints are intact: free space or fix permissions and run the same command to '
+          'resume') from e
 
   def check_state_matches(self, step: int, abstract_state: Any) -> None:
     """Raises CheckpointError if the saved state's arrays differ in path, shape or dtype.
@@ -198,10 +208,15 @@ class RunCheckpoints:
     return self._manager.restore(step, args=ocp.args.Composite(**items))[_STATE]
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    with self._save_failures():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the last save; a failure was already reported by save() or is logged."""
+    try:
+      self._manager.close()
+    except (OSError, ValueError, RuntimeError) as e:
+      _LOG.warning('closing %s: %s', self.directory, str(e).splitlines()[0] if str(e) else e)
 
 
 def _path_name(path: Any) -> str:
