@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from gemma_mt import errors
+from gemma_mt.train import sharding
 from gemma_mt.train.config import TrainConfig
 
 _LOG = logging.getLogger(__name__)
@@ -219,14 +220,10 @@ class RunCheckpoints:
       _LOG.warning('closing %s: %s', self.directory, str(e).splitlines()[0] if str(e) else e)
 
 
-def _path_name(path: Any) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
-
-
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   """``{path: (shape, dtype)}`` of the arrays of a state or of its saved metadata."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+  return {sharding.path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:

@@ -208,9 +208,8 @@ def train_and_evaluate(config: TrainConfig, *,
   if config.init_from:
     # Fails before anything is written if the parameters do not fit.
     param_shardings = sharding.param_shardings(mesh, abstract_params)
-    initial_params = checkpoint.restore_params(config.init_from, jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        abstract_params, param_shardings))
+    initial_params = checkpoint.restore_params(
+        config.init_from, sharding.with_shardings(abstract_params, param_shardings))
     init_params = lambda: initial_params  # pylint: disable=unnecessary-lambda-assignment
 
   _check_workdir_writable(config.workdir)
@@ -235,9 +234,7 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
 
   abstract_state = jax.eval_shape(init_state)
   state_shardings = sharding.state_shardings(mesh, abstract_state)
-  abstract_state = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      abstract_state, state_shardings)
+  abstract_state = sharding.with_shardings(abstract_state, state_shardings)
 
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
 

@@ -71,7 +71,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def _path_name(path: Sequence[Any]) -> str:
+def path_name(path: Sequence[Any]) -> str:
+  """``'layer_0/attn/q_einsum/w'`` from a pytree key path (dict keys, attributes, indices)."""
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
@@ -99,7 +100,7 @@ def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh) -> Pa
 def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
   """A NamedSharding for every parameter, from the partition rules."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, param_partition_spec(_path_name(path), x.shape, mesh)),
+      lambda path, x: NamedSharding(mesh, param_partition_spec(path_name(path), x.shape, mesh)),
       abstract_params)
 
 
@@ -112,17 +113,23 @@ def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params
   params = getattr(abstract_state, params_field)
   by_path = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    by_path[_path_name(path)] = (leaf.shape, param_partition_spec(_path_name(path), leaf.shape,
+    by_path[path_name(path)] = (leaf.shape, param_partition_spec(path_name(path), leaf.shape,
                                                                   mesh))
 
   def leaf_sharding(path: Any, leaf: Any) -> NamedSharding:
-    name = _path_name(path)
+    name = path_name(path)
     for param_name, (shape, spec) in by_path.items():
       if (name == param_name or name.endswith('/' + param_name)) and leaf.shape == shape:
         return NamedSharding(mesh, spec)
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+
+
+def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  """``jax.ShapeDtypeStruct``s of ``abstract_tree`` laid out by ``shardings`` (for restoring)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_tree, shardings)
 
 
 def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
@@ -141,7 +148,7 @@ def describe_param_shardings(abstract_params: Any, shardings: Any,
   flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings)):
     if math.prod(leaf.shape) >= min_size:
-      lines.append(f'{_path_name(path)} {tuple(leaf.shape)} → {tuple(sharding.spec)}')
+      lines.append(f'{path_name(path)} {tuple(leaf.shape)} → {tuple(sharding.spec)}')
   return lines
 
 
