@@ -200,41 +200,46 @@ def train_and_evaluate(config: TrainConfig, *,
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
 
   model = spec.transformer(jnp.dtype(config.param_dtype), config.remat)
-
-  def init_params() -> Any:
-    return models.init_params(model, config.seed, config.max_seq_len)
-
-  abstract_params = jax.eval_shape(init_params)
+  initial_params = None
   if config.init_from:
     # Fails before anything is written if the parameters do not fit.
-    param_shardings = sharding.param_shardings(mesh, abstract_params)
-    initial_params = checkpoint.restore_params(
-        config.init_from, sharding.with_shardings(abstract_params, param_shardings))
-    init_params = lambda: initial_params  # pylint: disable=unnecessary-lambda-assignment
+    abstract_params = jax.eval_shape(
+        lambda: models.init_params(model, config.seed, config.max_seq_len))
+    initial_params = checkpoint.restore_params(config.init_from, sharding.with_shardings(
+        abstract_params, sharding.param_shardings(mesh, abstract_params)))
 
   _check_workdir_writable(config.workdir)
   store = checkpoint.RunCheckpoints(
       os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints,
       save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes)
   try:
-    return _train(config, mesh, model, init_params, tokenizer, data, store, is_main)
+    return _train(config, mesh, model, initial_params, tokenizer, data, store, is_main)
   finally:
     store.close()
 
 
-def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
+def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | None,
            tokenizer: GemmaTokenizer, data: RunData, store: checkpoint.RunCheckpoints,
            is_main: bool) -> TrainResult:
   optimizer, schedule = optimizer_lib.make_optimizer(config, total_steps(config, len(data.train)))
 
-  def init_state() -> step_lib.TrainState:
-    params = init_params()
+  def state_of(params: Any) -> step_lib.TrainState:
     return step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-  abstract_state = jax.eval_shape(init_state)
+  def random_params() -> Any:
+    return models.init_params(model, config.seed, config.max_seq_len)
+
+  abstract_state = jax.eval_shape(lambda: state_of(random_params()))
   state_shardings = sharding.state_shardings(mesh, abstract_state)
   abstract_state = sharding.with_shardings(abstract_state, state_shardings)
+
+  def fresh_state() -> step_lib.TrainState:
+    # Each piece created where it lives; --init_from parameters are arguments, not constants.
+    params = initial_params
+    if params is None:
+      params = jax.jit(random_params, out_shardings=state_shardings.params)()
+    return jax.jit(state_of, out_shardings=state_shardings)(params)
 
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
 
@@ -265,7 +270,7 @@ def _train(config: TrainConfig, mesh: Any, model: Any, init_params: Any,
                                   data_iterator if config.packing else None, check_packed_layout)
   position = None
   if restored is None:
-    state = jax.jit(init_state, out_shardings=state_shardings)()
+    state = fresh_state()
     start_step, consumed = 0, 0
   else:
     start_step, state = restored
