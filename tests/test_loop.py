@@ -86,3 +86,14 @@ def test_max_seq_len_shorter_than_any_prompt(tmp_path):
   with pytest.raises(PipelineError, match='--max_seq_len=8'):
     loop.train_and_evaluate(_config(tmp_path / 'run', max_seq_len=8))
   assert not (tmp_path / 'run').exists()
+
+
+def test_packed_run_resumes_exactly(tmp_path):
+  packed = dict(packing=True, max_seq_len=96, max_steps=8, save_every_n=4)
+  loop.train_and_evaluate(_config(tmp_path / 'ref', **packed))
+  loop.train_and_evaluate(_config(tmp_path / 'run', **{**packed, 'max_steps': 4}))
+  loop.train_and_evaluate(_config(tmp_path / 'run', **packed))
+  assert _losses(tmp_path / 'run') == _losses(tmp_path / 'ref')
+  with pytest.raises(CheckpointError, match='same batch size'):
+    loop.train_and_evaluate(_config(tmp_path / 'run', **{**packed, 'max_steps': 12,
+                                                          'batch_size': 8}))

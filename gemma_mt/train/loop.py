@@ -265,9 +265,8 @@ def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | Non
 
   # Unpacked data resumes from the number of examples used (any batch size or number of
   # processes); packed data from each process's Grain iterator state.
-  data_iterator = train_iterator(0)
-  restored = store.restore_latest(config, abstract_state,
-                                  data_iterator if config.packing else None, check_packed_layout)
+  packed_iterator = train_iterator(0) if config.packing else None
+  restored = store.restore_latest(config, abstract_state, packed_iterator, check_packed_layout)
   position = None
   if restored is None:
     state = fresh_state()
@@ -276,8 +275,6 @@ def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | Non
     start_step, state = restored
     position = store.saved_position(start_step)
     consumed = position.examples_consumed
-    if not config.packing:
-      data_iterator = train_iterator(consumed)
     if position.batch_size != config.batch_size:
       _LOG.info('batch size changed from %d to %d: continuing after example %d of the stream',
                 position.batch_size, config.batch_size, consumed)
@@ -285,6 +282,7 @@ def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | Non
     if is_main:
       _truncate_metrics(config.workdir, start_step)
   num_steps = total_steps(config, len(data.train), position, start_step)
+  data_iterator = packed_iterator if config.packing else train_iterator(consumed)
 
   eval_batches = pipeline.eval_dataset(
       data.eval, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
