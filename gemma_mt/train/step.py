@@ -79,8 +79,8 @@ def model_logits(model: Any, params: Params, batch: TrainingInput, pad_id: int) 
 def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int) -> tuple[
     jax.Array, LossSums]:
   """The loss to differentiate: summed target-token loss / number of target tokens."""
-  sums = loss_sums(model_logits(model, params, batch, pad_id), batch)
-  return sums.loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
+  loss_sum, sums = _summed_loss(params, batch, model, pad_id, None)
+  return loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
 
 
 def _summed_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
