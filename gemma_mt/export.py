@@ -1,37 +1,55 @@
-"""``python -m gemma_mt.export --workdir=W --out=DIR``: a run's parameters alone, for serving.
+"""``python -m gemma_mt.export --workdir=W --out=DIR [--format=gemma|hf]``: a run's parameters.
 
-DIR/params is a plain Orbax pytree of the model's parameters (the nesting that
-``gm.nn.Transformer`` takes), DIR/config.json the run's config and DIR/tokenizer.model its
-tokenizer. Load it without gemma_mt::
+``--format=gemma`` (default): ``DIR/params`` is an Orbax checkpoint of the parameters in the
+gemma library's layout (the nesting ``gm.nn.Transformer`` takes; ``gm.ckpts.load_params`` or
+``orbax.checkpoint.PyTreeCheckpointer().restore`` read it), ``DIR/config.json`` the run's config
+and ``DIR/tokenizer.model`` its tokenizer.
 
-    params = orbax.checkpoint.PyTreeCheckpointer().restore(f'{DIR}/params')
+``--format=hf``: a Hugging Face directory that ``transformers`` loads with
+``AutoModelForCausalLM.from_pretrained(DIR)``: ``config.json``, ``model.safetensors`` (or shards
+with an index) in the parameters' dtype, ``tokenizer.model``, and the run's config as
+``gemma_mt_config.json``.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import shutil
 import sys
 from typing import Any
 
+from absl import app
+from absl import flags
+
 from gemma_mt import errors
 
+FORMATS = ('gemma', 'hf')
+RUN_CONFIG_FILE = 'gemma_mt_config.json'
 
-def export_params(workdir: str, out: str, step: int | None = None) -> str:
+
+def export_params(workdir: str, out: str, step: int | None = None,
+                  export_format: str = 'gemma') -> str:
   """Writes the parameters of ``workdir``'s checkpoint ``step`` (default: latest) to ``out``.
 
-  Returns the path of the parameters. Raises UserError naming the folder when it cannot.
+  Returns the path written (the parameters' folder, or the Hugging Face directory). Raises
+  UserError naming the folder when it cannot.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   from gemma_mt import models  # pylint: disable=import-outside-toplevel
+  from gemma_mt.models import hf  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
+  if export_format not in FORMATS:
+    raise errors.UserError(f'--format={export_format!r} is unknown: use one of {", ".join(FORMATS)}')
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise errors.UserError(f'--workdir={workdir} has no checkpoints/: pass a run directory')
+  if os.path.exists(out) and os.listdir(out):
+    raise errors.UserError(f'--out={out} exists and is not empty: choose a new folder')
   store = checkpoint.RunCheckpoints(directory, keep=1 << 30, save_every_n=1 << 30)
   try:
     steps = store.all_steps()
@@ -44,37 +62,53 @@ def export_params(workdir: str, out: str, step: int | None = None) -> str:
     config = store.saved_config(step)
   finally:
     store.close()
-  spec = models.get_model_spec(config.model)
-  model = spec.transformer(jax.numpy.dtype(config.param_dtype))
-  abstract = jax.eval_shape(lambda: models.init_params(model, 0, 8))
+  spec = models.get_model_spec(config.model_name)
+  tokenizer = os.path.join(workdir, loop.WORKDIR_TOKENIZER)
+  if not os.path.isfile(tokenizer):  # runs of gemma_mt before the workdir kept its tokenizer
+    tokenizer = spec.tokenizer_path
+  abstract = models.abstract_params(spec, jax.numpy.dtype(config.param_dtype))
   params: Any = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
-  if os.path.exists(out) and os.listdir(out):
-    raise errors.UserError(f'--out={out} exists and is not empty: choose a new folder')
   os.makedirs(out, exist_ok=True)
-  target = os.path.join(os.path.abspath(out), 'params')
+  out = os.path.abspath(out)
+  shutil.copyfile(tokenizer, os.path.join(out, 'tokenizer.model'))
+  if export_format == 'hf':
+    with open(os.path.join(out, hf.CONFIG_FILE), 'w', encoding='utf-8') as f:
+      json.dump(hf.hf_config(spec, config.param_dtype), f, indent=2)
+    with open(os.path.join(out, RUN_CONFIG_FILE), 'w', encoding='utf-8') as f:
+      f.write(config.to_json())
+    hf.write_safetensors(out, hf.hf_tensors(params, spec.transformer_config()),
+                         jax.numpy.dtype(config.param_dtype))
+    return out
+  target = os.path.join(out, 'params')
   ocp.PyTreeCheckpointer().save(target, params)
   with open(os.path.join(out, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json())
-  shutil.copyfile(spec.tokenizer_path, os.path.join(out, 'tokenizer.model'))
   return target
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m gemma_mt.export',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True, help='the run directory')
-  parser.add_argument('--out', required=True, help='a new folder for the parameters')
-  parser.add_argument('--step', type=int, default=None, help='default: the latest checkpoint')
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  values = flags.FLAGS
   try:
-    path = export_params(args.workdir, args.out, args.step)
+    path = export_params(values.workdir, values.out, values.step, values.format)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    sys.exit(2)
   print(f'wrote {path}')
-  return 0
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'The run directory.', required=True)
+  flags.DEFINE_string('out', None, 'A new (or empty) folder for the export.', required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.DEFINE_enum('format', 'gemma', FORMATS, 'gemma: an Orbax checkpoint in the gemma '
+                    'library\'s layout; hf: a Hugging Face directory (safetensors).')
 
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  sys.exit(main())
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
+  define_flags()
+  app.run(main)

@@ -29,6 +29,13 @@ def main(argv: list[str]) -> None:
     from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
     distributed.initialize(options)
+    if train_flags.dry_run_from_flags():
+      run, lines = loop.plan_memory(config)
+      print('\n'.join(lines))
+      if not run.memory_plan.fits():
+        print(f'does not fit: {run.memory_plan.advice(run.config, run.mesh)}')
+        sys.exit(1)
+      return
     result = loop.train_and_evaluate(config)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -15,6 +15,7 @@ from gemma_mt import errors
 from gemma_mt import models
 from gemma_mt.data import records
 from gemma_mt.data import sources
+from gemma_mt.models import sources as model_sources
 from gemma_mt.train import mesh_spec
 
 OPTIMIZERS = ('sgd', 'adamw', 'adafactor')
@@ -35,7 +36,9 @@ class TrainConfig:
   """
 
   workdir: str = 'runs/demo'
-  model: str = 'tiny'
+  model: str = ''
+  ckpt: str = ''
+  tokenizer: str = ''
   dataset: str = 'demo'
   tsv_quoting: str = 'csv'
   tfds_data_dir: str = ''
@@ -75,14 +78,27 @@ class TrainConfig:
   # Fields that fix the parameters' shapes and dtypes: a checkpoint resumes only if they match.
   SHAPE_FIELDS = ('model', 'param_dtype')
 
+  @property
+  def model_name(self) -> str:
+    """``--model``, or ``tiny`` when neither it nor ``--ckpt`` names one (resolved runs set it)."""
+    return self.model or ('' if self.ckpt else 'tiny')
+
   def validate(self) -> TrainConfig:
     """Raises ConfigError naming the first bad flag; returns self when all are fine."""
     if not self.workdir:
       raise ConfigError('--workdir is required: pass a directory for checkpoints and metrics')
     if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
       raise ConfigError(f'--workdir={self.workdir} is a file: pass a directory path')
-    if self.model not in models.MODELS:
+    if self.model and self.model not in models.MODELS:
       raise ConfigError(f'--model={self.model!r} is unknown: use one of {", ".join(models.MODELS)}')
+    if self.ckpt:
+      try:
+        model_sources.CheckpointSource.parse(self.ckpt)
+      except model_sources.SourceError as e:
+        raise ConfigError(str(e)) from None
+    if self.tokenizer and not os.path.isfile(self.tokenizer):
+      raise ConfigError(f'--tokenizer={self.tokenizer} does not exist: pass a sentencepiece '
+                        'tokenizer.model file')
     try:
       self.dataset_spec()
     except sources.SourceError as e:

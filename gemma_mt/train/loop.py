@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -25,7 +26,9 @@ from gemma_mt.data import records
 from gemma_mt.data import sources
 from gemma_mt.data.records import TrainingInput
 from gemma_mt.data.tokenizer import GemmaTokenizer
+from gemma_mt.models import sources as model_sources
 from gemma_mt.train import checkpoint
+from gemma_mt.train import memory
 from gemma_mt.train import optimizer as optimizer_lib
 from gemma_mt.train import perf
 from gemma_mt.train import reporting
@@ -117,19 +120,6 @@ def _check_batch_sizes(config: TrainConfig, mesh: Any) -> None:
         f'shards (data × fsdp) of the mesh: use a multiple of {shards}')
 
 
-def _log_startup_summary(config: TrainConfig, mesh: Any, abstract_state: Any,
-                         state_shardings: Any) -> None:
-  params_bytes = sharding.bytes_per_device(abstract_state.params, state_shardings.params)
-  opt_bytes = sharding.bytes_per_device(abstract_state.opt_state, state_shardings.opt_state)
-  _LOG.info('model %s: %s parameters (%s); mesh %s over %d devices in %d processes',
-            config.model, f'{models.count_params(abstract_state.params):,}', config.param_dtype,
-            dict(mesh.shape), mesh.size, jax.process_count())
-  _LOG.info('per device: parameters %.2f MiB, optimizer state %.2f MiB',
-            params_bytes / 2**20, opt_bytes / 2**20)
-  for line in sharding.describe_param_shardings(abstract_state.params, state_shardings.params):
-    _LOG.info('  %s', line)
-
-
 class _StopRequests:
   """SIGTERM / SIGINT → finish the current step, save, stop (one process; several processes
   agree through JAX's preemption sync point instead)."""
@@ -181,6 +171,125 @@ def _check_workdir_writable(workdir: str) -> None:
                       'you can write to') from None
 
 
+@dataclasses.dataclass(frozen=True)
+class CompiledRun:
+  """What a run is before any weight is read: its model, layout and compiled steps.
+
+  Attributes:
+    config: the run's config with ``model`` resolved (from ``--ckpt`` if it was empty).
+    run_model: the model's spec, tokenizer and weights' source.
+    mesh: the device mesh.
+    model: the flax module.
+    schedule: the learning-rate schedule.
+    abstract_state: ``ShapeDtypeStruct``s of the train state with their shardings.
+    state_shardings: the shardings of the train state.
+    abstract_batch: ``ShapeDtypeStruct``s of one global batch with its sharding.
+    train_fn: the ahead-of-time compiled train step.
+    eval_fn: the jitted eval step.
+    memory_plan: bytes per device of one step.
+  """
+
+  config: TrainConfig
+  run_model: model_sources.RunModel
+  mesh: Any
+  model: Any
+  optimizer: Any
+  schedule: Any
+  abstract_state: step_lib.TrainState
+  state_shardings: step_lib.TrainState
+  abstract_batch: TrainingInput
+  train_fn: Any
+  eval_fn: Any
+  memory_plan: memory.MemoryPlan
+
+
+def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_steps: int, *,
+                pad_id: int = 0, devices: list[jax.Device] | None = None) -> CompiledRun:
+  """The mesh, the state's layout, the compiled steps and the memory plan of ``config``.
+
+  Nothing is allocated on the devices and no weight is read.
+  """
+  config = dataclasses.replace(config, model=run_model.spec.name)
+  mesh = sharding.make_mesh(MeshSpec.parse(config.mesh), devices)
+  _check_batch_sizes(config, mesh)
+  model = run_model.spec.transformer(jnp.dtype(config.param_dtype), config.remat)
+  optimizer, schedule = optimizer_lib.make_optimizer(config, num_steps)
+  abstract_state = jax.eval_shape(lambda: _state_of(
+      optimizer, models.init_params(model, config.seed, config.max_seq_len)))
+  state_shardings = sharding.state_shardings(mesh, abstract_state,
+                                             rules=sharding.rules_for(model.config))
+  abstract_state = sharding.with_shardings(abstract_state, state_shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shape = (config.batch_size, config.max_seq_len)
+  tokens_shape = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sharding)
+  abstract_batch = TrainingInput(
+      input_tokens=tokens_shape,
+      target_mask=jax.ShapeDtypeStruct(batch_shape, jnp.bool_, sharding=batch_sharding),
+      segment_ids=tokens_shape if config.packing else None,
+      positions=tokens_shape if config.packing else None)
+  compute_dtype = None if config.compute_dtype == config.param_dtype else jnp.dtype(
+      config.compute_dtype)
+  # Compiled ahead of time, once, before the loop (and before any weight is read).
+  train_fn = jax.jit(
+      functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
+                        pad_id=pad_id, learning_rate_fn=schedule,
+                        grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+  ).lower(abstract_state, abstract_batch).compile()
+  eval_fn = jax.jit(
+      functools.partial(step_lib.eval_step, model=model, pad_id=pad_id),
+      in_shardings=(state_shardings.params, batch_sharding),
+      out_shardings=sharding.replicated(mesh),
+  )
+  plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch,
+                     mesh.devices.flat[0])
+  return CompiledRun(config, run_model, mesh, model, optimizer, schedule, abstract_state,
+                     state_shardings, abstract_batch, train_fn, eval_fn, plan)
+
+
+def plan_memory(config: TrainConfig, *,
+                devices: list[jax.Device] | None = None) -> tuple[CompiledRun, list[str]]:
+  """The memory plan of ``config`` (``--dry_run``): no data and no weight is read.
+
+  Returns the compiled run and the lines to print.
+  """
+  config.validate()
+  run_model = model_sources.resolve_run_model(config.model_name, config.ckpt, config.tokenizer,
+                                              need_weights=False)
+  run = compile_run(config, run_model, config.max_steps or 1, devices=devices)
+  return run, _describe_run(run) + run.memory_plan.lines()
+
+
+def _describe_run(run: CompiledRun) -> list[str]:
+  config, mesh = run.config, run.mesh
+  params_bytes = run.memory_plan.params
+  lines = [f'model {config.model}: {models.count_params(run.abstract_state.params):,} parameters '
+           f'({config.param_dtype}, {params_bytes / 2**20:.2f} MiB per device); mesh '
+           f'{dict(mesh.shape)} over {mesh.size} devices in {jax.process_count()} processes']
+  if run.run_model.source is not None:
+    lines.append(f'weights from {run.run_model.source.source}; tokenizer '
+                 f'{run.run_model.tokenizer_path}')
+  lines += ['  ' + line for line in sharding.describe_param_shardings(
+      run.abstract_state.params, run.state_shardings.params)]
+  return lines
+
+
+def _state_of(optimizer: Any, params: Any) -> step_lib.TrainState:
+  return step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether ``workdir`` holds a checkpoint to resume from (read without creating anything)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+WORKDIR_TOKENIZER = 'tokenizer.model'
+
+
 def train_and_evaluate(config: TrainConfig, *,
                        devices: list[jax.Device] | None = None) -> TrainResult:
   """Trains ``config.model`` on ``config.dataset``, resuming from ``config.workdir`` if it can.
@@ -190,56 +299,63 @@ def train_and_evaluate(config: TrainConfig, *,
   """
   config.validate()
   is_main = jax.process_index() == 0
-  spec = models.get_model_spec(config.model)
-  tokenizer = GemmaTokenizer(spec.tokenizer_path)
-  mesh = sharding.make_mesh(MeshSpec.parse(config.mesh), devices)
-  _check_batch_sizes(config, mesh)
+  run_model = model_sources.resolve_run_model(config.model_name, config.ckpt, config.tokenizer)
+  # A resumed run keeps the tokenizer it started with, wherever its source is now.
+  saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
+  tokenizer = GemmaTokenizer(saved_tokenizer if _has_checkpoint(config.workdir) and
+                             os.path.isfile(saved_tokenizer) else run_model.tokenizer_path)
   data = load_run_data(config, tokenizer)
   if total_steps(config, len(data.train)) <= 0:
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
+  run = compile_run(config, run_model, total_steps(config, len(data.train)),
+                    pad_id=tokenizer.pad_id, devices=devices)
+  config = run.config
+  if is_main:
+    for line in _describe_run(run) + run.memory_plan.lines():
+      _LOG.info('%s', line)
+  if not run.memory_plan.fits():
+    raise ConfigError(f'one training step needs {run.memory_plan.total / 2**30:.2f} GiB per '
+                      f'device, more than the {run.memory_plan.device_bytes / 2**30:.2f} GiB of '
+                      f'{run.memory_plan.device}: {run.memory_plan.advice(config, run.mesh)}')
 
-  model = spec.transformer(jnp.dtype(config.param_dtype), config.remat)
-  initial_params = None
-  if config.init_from:
-    # Fails before anything is written if the parameters do not fit.
-    abstract_params = jax.eval_shape(
-        lambda: models.init_params(model, config.seed, config.max_seq_len))
-    initial_params = checkpoint.restore_params(config.init_from, sharding.with_shardings(
-        abstract_params, sharding.param_shardings(mesh, abstract_params)))
+  def initial_params() -> Any:
+    if config.init_from:
+      return checkpoint.restore_params(config.init_from, run.abstract_state.params)
+    if run_model.source is not None:
+      return run_model.source.load_params(run.abstract_state.params)
+    return None  # random
 
+  # A fresh run reads its weights before anything is written, so a mismatch costs nothing.
+  loaded = initial_params() if not _has_checkpoint(config.workdir) else None
   _check_workdir_writable(config.workdir)
+  if is_main and not os.path.isfile(saved_tokenizer):
+    shutil.copyfile(tokenizer.path, saved_tokenizer + '.tmp')
+    os.replace(saved_tokenizer + '.tmp', saved_tokenizer)
   store = checkpoint.RunCheckpoints(
       os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints,
       save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes)
   try:
-    return _train(config, mesh, model, initial_params, tokenizer, data, store, is_main)
+    return _train(run, lambda: loaded if loaded is not None else initial_params(), tokenizer,
+                  data, store, is_main)
   finally:
     store.close()
 
 
-def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | None,
-           tokenizer: GemmaTokenizer, data: RunData, store: checkpoint.RunCheckpoints,
-           is_main: bool) -> TrainResult:
-  optimizer, schedule = optimizer_lib.make_optimizer(config, total_steps(config, len(data.train)))
-
-  def state_of(params: Any) -> step_lib.TrainState:
-    return step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
-  def random_params() -> Any:
-    return models.init_params(model, config.seed, config.max_seq_len)
-
-  abstract_state = jax.eval_shape(lambda: state_of(random_params()))
-  state_shardings = sharding.state_shardings(mesh, abstract_state)
-  abstract_state = sharding.with_shardings(abstract_state, state_shardings)
+def _train(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, data: RunData,
+           store: checkpoint.RunCheckpoints, is_main: bool) -> TrainResult:
+  config, mesh, model = run.config, run.mesh, run.model
+  abstract_state, state_shardings = run.abstract_state, run.state_shardings
+  train_fn, eval_fn = run.train_fn, run.eval_fn
 
   def fresh_state() -> step_lib.TrainState:
-    # Each piece created where it lives; --init_from parameters are arguments, not constants.
-    params = initial_params
+    # Each piece created where it lives; loaded parameters are arguments, not constants.
+    params = initial_params()
     if params is None:
-      params = jax.jit(random_params, out_shardings=state_shardings.params)()
-    return jax.jit(state_of, out_shardings=state_shardings)(params)
+      params = jax.jit(lambda: models.init_params(model, config.seed, config.max_seq_len),
+                       out_shardings=state_shardings.params)()
+    return jax.jit(functools.partial(_state_of, run.optimizer),
+                   out_shardings=state_shardings)(params)
 
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
 
@@ -287,30 +403,6 @@ def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | Non
   eval_batches = pipeline.eval_dataset(
       data.eval, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
       global_batch_size=config.eval_batch_size, process=process)
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch_shape = (config.batch_size, config.max_seq_len)
-  tokens_shape = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sharding)
-  abstract_batch = TrainingInput(
-      input_tokens=tokens_shape,
-      target_mask=jax.ShapeDtypeStruct(batch_shape, jnp.bool_, sharding=batch_sharding),
-      segment_ids=tokens_shape if config.packing else None,
-      positions=tokens_shape if config.packing else None)
-  compute_dtype = None if config.compute_dtype == config.param_dtype else jnp.dtype(
-      config.compute_dtype)
-  # Compiled ahead of time, once, before the loop (and before the first batch is needed).
-  train_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
-                        pad_id=tokenizer.pad_id, learning_rate_fn=schedule,
-                        grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0,
-  ).lower(abstract_state, abstract_batch).compile()
-  eval_fn = jax.jit(
-      functools.partial(step_lib.eval_step, model=model, pad_id=tokenizer.pad_id),
-      in_shardings=(state_shardings.params, batch_sharding),
-      out_shardings=sharding.replicated(mesh),
-  )
   step_flops = perf.model_flops_per_step(
       num_params=models.count_params(abstract_state.params), num_layers=model.config.num_layers,
       num_heads=model.config.num_heads, head_dim=model.config.head_dim,
@@ -318,7 +410,6 @@ def _train(config: TrainConfig, mesh: Any, model: Any, initial_params: Any | Non
   peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
 
   if is_main:
-    _log_startup_summary(config, mesh, abstract_state, state_shardings)
     _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g model FLOPs per step',
               num_steps, config.batch_size, config.grad_accum_steps, step_flops)
   sink = reporting.MetricsSink(config.workdir, enabled=is_main)

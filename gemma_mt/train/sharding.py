@@ -27,8 +27,9 @@ _LOG = logging.getLogger(__name__)
 
 BATCH_AXES = ('data', 'fsdp')
 
+Rules = tuple[tuple[str, tuple[str | None, ...]], ...]
 # Parameter path (slash-joined, matched at the end of the path) → logical axis of each dimension.
-PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+PARAM_RULES: Rules = (
     (r'embedder/input_embedding', ('vocab', 'embed')),
     (r'attn/q_einsum/w', ('heads', 'embed', 'head_dim')),
     (r'attn/qkv_einsum/w', (None, 'heads', 'embed', 'head_dim')),
@@ -38,6 +39,16 @@ PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r'mlp/linear', ('mlp', 'embed')),
     (r'(norm|_norm)/scale', (None,)),
 )
+# Gemma 2 (9B, 27B) and Gemma 3 store the gating einsum transposed: [2, hidden, embed].
+TRANSPOSED_GATING_RULE = (r'mlp/gating_einsum', (None, 'mlp', 'embed'))
+
+
+def rules_for(transformer_config: Any) -> Rules:
+  """PARAM_RULES for a ``gm.nn.config.TransformerConfig`` (its gating einsum's layout)."""
+  if not getattr(transformer_config, 'transpose_gating_einsum', False):
+    return PARAM_RULES
+  return tuple(TRANSPOSED_GATING_RULE if pattern == TRANSPOSED_GATING_RULE[0] else (pattern, axes)
+               for pattern, axes in PARAM_RULES)
 # Logical axis → mesh axis (None: replicated).
 LOGICAL_TO_MESH: dict[str, str | None] = {
     'vocab': 'tensor',
@@ -76,18 +87,20 @@ def path_name(path: Sequence[Any]) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
-def logical_axes(path_name: str, ndim: int) -> tuple[str | None, ...]:
-  """The logical axes of a parameter from PARAM_RULES; unknown parameters are replicated."""
-  for pattern, axes in PARAM_RULES:
+def logical_axes(path_name: str, ndim: int,
+                 rules: Rules = PARAM_RULES) -> tuple[str | None, ...]:
+  """The logical axes of a parameter from ``rules``; unknown parameters are replicated."""
+  for pattern, axes in rules:
     if re.search(pattern + '$', path_name) and len(axes) == ndim:
       return axes
   return (None,) * ndim
 
 
-def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh,
+                         rules: Rules = PARAM_RULES) -> PartitionSpec:
   """The PartitionSpec of one parameter; dimensions that do not divide stay replicated."""
   spec = []
-  for dim, axis in zip(shape, logical_axes(path_name, len(shape))):
+  for dim, axis in zip(shape, logical_axes(path_name, len(shape), rules)):
     mesh_axis = LOGICAL_TO_MESH.get(axis) if axis else None
     if mesh_axis is not None and mesh.shape[mesh_axis] > 1 and dim % mesh.shape[mesh_axis]:
       _LOG.info('%s: dimension %s of size %d does not divide over %s=%d; replicated',
@@ -97,14 +110,16 @@ def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh) -> Pa
   return PartitionSpec(*spec)
 
 
-def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
+def param_shardings(mesh: Mesh, abstract_params: Any, rules: Rules = PARAM_RULES) -> Any:
   """A NamedSharding for every parameter, from the partition rules."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, param_partition_spec(path_name(path), x.shape, mesh)),
+      lambda path, x: NamedSharding(
+          mesh, param_partition_spec(path_name(path), x.shape, mesh, rules)),
       abstract_params)
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params') -> Any:
+def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params',
+                    rules: Rules = PARAM_RULES) -> Any:
   """Shardings of a whole train state: parameters by the rules; optimizer state follows them.
 
   An optimizer leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
@@ -114,7 +129,7 @@ def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params
   by_path = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     by_path[path_name(path)] = (leaf.shape, param_partition_spec(path_name(path), leaf.shape,
-                                                                  mesh))
+                                                                  mesh, rules))
 
   def leaf_sharding(path: Any, leaf: Any) -> NamedSharding:
     name = path_name(path)
