@@ -171,8 +171,9 @@ class GGUFFile:
     return model.SerializeToString()
 
 
-def tokenizer_path(gguf_path: str, cache_dir: str | None = None) -> str:
+def tokenizer_path(file: GGUFFile, cache_dir: str | None = None) -> str:
   """A sentencepiece model rebuilt from the file's vocabulary, written once to a cache."""
+  gguf_path = file.path
   stat = os.stat(gguf_path)
   cache_dir = cache_dir or os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'gemma_mt', 'tokenizers')
@@ -182,6 +183,6 @@ def tokenizer_path(gguf_path: str, cache_dir: str | None = None) -> str:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f'{path}.tmp-{os.getpid()}'
     with open(tmp, 'wb') as f:
-      f.write(GGUFFile(gguf_path).sentencepiece_model())
+      f.write(file.sentencepiece_model())
     os.replace(tmp, path)  # atomic: readers never see half a model
   return path

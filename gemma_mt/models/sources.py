@@ -81,13 +81,16 @@ class ResolvedSource:
   path: str
   spec: ModelSpec
   tokenizer_path: str
+  # The parsed GGUF file (parsing its 262,144-piece vocabulary takes seconds): read once.
+  gguf_file: gguf.GGUFFile | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def load_params(self, abstract_params: Any) -> Any:
     """The weights, laid out and typed like ``abstract_params`` (``ShapeDtypeStruct``s with
     shardings), each device holding only its shards."""
     if self.source.kind == 'gguf':
       rows = hf.layout_rows(self.spec.transformer_config())
-      return hf.convert_into(rows, gguf.GGUFFile(self.path), abstract_params, self.path)
+      return hf.convert_into(rows, self.gguf_file or gguf.GGUFFile(self.path), abstract_params,
+                             self.path)
     if self.source.kind == 'hf':
       rows = hf.layout_rows(self.spec.transformer_config())
       return hf.convert_into(rows, hf.SafetensorsReader(self.path), abstract_params, self.path)
@@ -97,6 +100,7 @@ class ResolvedSource:
 def resolve(ckpt: str, model: str = '', tokenizer: str = '') -> ResolvedSource:
   """Finds ``ckpt`` on disk (downloading a Kaggle handle if needed) and the model it holds."""
   source = CheckpointSource.parse(ckpt)
+  file = None
   if source.kind == 'kaggle':
     path, found = _kaggle(source.location)
     found_tokenizer = _tokenizer_near(path)
@@ -104,7 +108,7 @@ def resolve(ckpt: str, model: str = '', tokenizer: str = '') -> ResolvedSource:
     path = gguf.resolve_path(source.location)
     file = gguf.GGUFFile(path)
     found = _spec_of(file.architecture(), file.instruction_tuned, str(source))
-    found_tokenizer = gguf.tokenizer_path(path)
+    found_tokenizer = gguf.tokenizer_path(file)
   elif source.kind == 'hf':
     path = source.location
     found = _spec_of(hf.architecture_of_config(hf.read_config(path), path), False, str(source))
@@ -120,7 +124,7 @@ def resolve(ckpt: str, model: str = '', tokenizer: str = '') -> ResolvedSource:
     raise SourceError(f'--ckpt={ckpt} has no {TOKENIZER_FILE} in it or beside it: pass '
                       '--tokenizer=PATH')
   check_tokenizer(tokenizer_path, spec, '--tokenizer' if tokenizer else f'--ckpt={ckpt}')
-  return ResolvedSource(source, path, spec, tokenizer_path)
+  return ResolvedSource(source, path, spec, tokenizer_path, file)
 
 
 def check_tokenizer(path: str, spec: ModelSpec, origin: str) -> None:
@@ -214,7 +218,8 @@ def _orbax_nested_shapes(path: str) -> dict[str, tuple[int, ...]]:
     metadata, _ = _checkpoint._get_metadata_and_path(ocp.StandardCheckpointer(), path)  # pylint: disable=protected-access
   except (ValueError, OSError, FileNotFoundError) as e:
     raise SourceError(f'--ckpt={path}: not a readable Orbax checkpoint ({e})') from None
-  tree = _checkpoint._CheckpointTree.shape_dtype_struct_like(metadata).as_nested(remove_mm=True)  # pylint: disable=protected-access
+  tree = _checkpoint._CheckpointTree.shape_dtype_struct_like(metadata)  # pylint: disable=protected-access
+  tree = tree.as_nested(remove_mm=tree.has_mm_params)  # text only
   return {name: tuple(x.shape) for name, x in hf.flat_params(tree.tree).items()}
 
 

@@ -243,8 +243,7 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
       in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=sharding.replicated(mesh),
   )
-  plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch,
-                     mesh.devices.flat[0])
+  plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch, mesh)
   return CompiledRun(config, run_model, mesh, model, optimizer, schedule, abstract_state,
                      state_shardings, abstract_batch, train_fn, eval_fn, plan)
 
@@ -290,6 +289,28 @@ def _has_checkpoint(workdir: str) -> bool:
 WORKDIR_TOKENIZER = 'tokenizer.model'
 
 
+def _resumed_run_model(config: TrainConfig) -> model_sources.RunModel | None:
+  """The model of a run that resumes: its saved model name and the tokenizer kept in the
+  workdir, so that the weights' source is neither read nor needed again. None for a fresh run."""
+  saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
+  if not (_has_checkpoint(config.workdir) and os.path.isfile(saved_tokenizer)):
+    return None
+  store = checkpoint.RunCheckpoints(os.path.join(config.workdir, 'checkpoints'), keep=1 << 30,
+                                    save_every_n=1 << 30)
+  try:
+    step = store.latest_step()
+    saved = store.saved_config(step) if step is not None else None
+  except (OSError, ValueError, KeyError):
+    saved = None  # restore_latest decides what to do with an unreadable checkpoint
+  finally:
+    store.close()
+  if saved is None or saved.model not in models.MODELS:
+    return None
+  # Another --model is refused by the compatibility check, with both names.
+  spec = models.get_model_spec(config.model or saved.model)
+  return model_sources.RunModel(spec, saved_tokenizer, source=None)
+
+
 def train_and_evaluate(config: TrainConfig, *,
                        devices: list[jax.Device] | None = None) -> TrainResult:
   """Trains ``config.model`` on ``config.dataset``, resuming from ``config.workdir`` if it can.
@@ -299,11 +320,10 @@ def train_and_evaluate(config: TrainConfig, *,
   """
   config.validate()
   is_main = jax.process_index() == 0
-  run_model = model_sources.resolve_run_model(config.model_name, config.ckpt, config.tokenizer)
-  # A resumed run keeps the tokenizer it started with, wherever its source is now.
+  run_model = _resumed_run_model(config) or model_sources.resolve_run_model(
+      config.model_name, config.ckpt, config.tokenizer)
+  tokenizer = GemmaTokenizer(run_model.tokenizer_path)
   saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
-  tokenizer = GemmaTokenizer(saved_tokenizer if _has_checkpoint(config.workdir) and
-                             os.path.isfile(saved_tokenizer) else run_model.tokenizer_path)
   data = load_run_data(config, tokenizer)
   if total_steps(config, len(data.train)) <= 0:
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
@@ -322,8 +342,12 @@ def train_and_evaluate(config: TrainConfig, *,
   def initial_params() -> Any:
     if config.init_from:
       return checkpoint.restore_params(config.init_from, run.abstract_state.params)
-    if run_model.source is not None:
-      return run_model.source.load_params(run.abstract_state.params)
+    source = run_model.source
+    if source is None and not run_model.spec.is_random_init:
+      # A resumed run whose checkpoints all turned out unreadable starts over from its weights.
+      source = model_sources.resolve_run_model(config.model, config.ckpt, config.tokenizer).source
+    if source is not None:
+      return source.load_params(run.abstract_state.params)
     return None  # random
 
   # A fresh run reads its weights before anything is written, so a mismatch costs nothing.

@@ -76,8 +76,9 @@ class MemoryPlan:
     return '; '.join(hints)
 
 
-def device_memory(device: jax.Device) -> tuple[int | None, str]:
-  """``(bytes, description)`` of one device's memory."""
+def device_memory(device: jax.Device, num_local_devices: int) -> tuple[int | None, str]:
+  """``(bytes, description)`` of one device's memory; CPU devices share the host's memory
+  between the ``num_local_devices`` of this process that the run uses."""
   stats = device.memory_stats() if device.platform != 'cpu' else None
   if stats and stats.get('bytes_limit'):
     return int(stats['bytes_limit']), device.device_kind
@@ -86,13 +87,12 @@ def device_memory(device: jax.Device) -> tuple[int | None, str]:
       host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     except (ValueError, OSError):
       return None, 'host memory unknown'
-    local = jax.local_device_count()
-    return host // local, f'host memory / {local} CPU devices'
+    return host // num_local_devices, f'host memory / {num_local_devices} CPU devices'
   return None, device.device_kind
 
 
 def plan(compiled_step: Any, abstract_state: Any, state_shardings: Any, abstract_batch: Any,
-         device: jax.Device) -> MemoryPlan:
+         mesh: jax.sharding.Mesh) -> MemoryPlan:
   """The plan of ``compiled_step`` (a compiled ``train_step`` on ``abstract_state``)."""
   params = sharding.bytes_per_device(abstract_state.params, state_shardings.params)
   opt_state = sharding.bytes_per_device(abstract_state.opt_state, state_shardings.opt_state)
@@ -101,7 +101,7 @@ def plan(compiled_step: Any, abstract_state: Any, state_shardings: Any, abstract
   analysis = compiled_step.memory_analysis()
   temp = int(getattr(analysis, 'temp_size_in_bytes', 0) or 0) if analysis is not None else 0
   gradients = min(params, temp)
-  device_bytes, description = device_memory(device)
+  device_bytes, description = device_memory(mesh.devices.flat[0], len(mesh.local_devices))
   return MemoryPlan(params=params, opt_state=opt_state, gradients=gradients,
                     activations=temp - gradients, batch=batch, device_bytes=device_bytes,
                     device=description)

@@ -1,0 +1,417 @@
+"""Released Gemma models: the real Gemma 3 270M (GGUF from PyPI) loaded, checked against
+transformers, saved and reloaded through every --ckpt source, sharded, and fine-tuned."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from gemma import gm
+
+from conftest import REPO, subprocess_env
+from gemma_mt import models
+from gemma_mt.data.tokenizer import GemmaTokenizer
+from gemma_mt.models import gguf, hf, sources
+from gemma_mt.train import sharding
+from gemma_mt.train.mesh_spec import MeshSpec
+
+TOKENS = [2, 818, 5279, 529, 7001, 563]  # BOS "The capital of France is"
+REFERENCE_PYTHON = REPO / '.venv-ref' / 'bin' / 'python'
+
+
+@pytest.fixture(scope='module')
+def gguf_path() -> str:
+  return gguf.resolve_path('gemma3-270m')
+
+
+def _mesh(spec: str = '', num_devices: int = 1):
+  return sharding.make_mesh(MeshSpec.parse(spec), jax.devices()[:num_devices])
+
+
+def _abstract(spec: models.ModelSpec, mesh, dtype=jnp.float32):
+  abstract = models.abstract_params(spec, dtype)
+  rules = sharding.rules_for(spec.transformer_config())
+  return sharding.with_shardings(abstract, sharding.param_shardings(mesh, abstract, rules))
+
+
+@pytest.fixture(scope='module')
+def gemma3(gguf_path):
+  """(resolved source, float32 parameters on one device, flax model) of the real 270M."""
+  resolved = sources.resolve('gguf:gemma3-270m')
+  params = resolved.load_params(_abstract(resolved.spec, _mesh()))
+  return resolved, params, resolved.spec.transformer(jnp.float32)
+
+
+def _logits(model, params, tokens=TOKENS) -> np.ndarray:
+  return np.asarray(model.apply({'params': params}, jnp.asarray([tokens])).logits[0])
+
+
+def _reference_logits(model_path: str, tmp_path: pathlib.Path, tokens=TOKENS) -> np.ndarray:
+  """Float32 logits by Hugging Face transformers (CPU PyTorch, Python 3.11 side environment)."""
+  if not REFERENCE_PYTHON.exists():
+    if os.environ.get('CI'):
+      pytest.fail(f'{REFERENCE_PYTHON} missing: .ci/run sets it up (scripts/setup_reference_env.sh)')
+    pytest.skip('no .venv-ref: run bash scripts/setup_reference_env.sh')
+  out = tmp_path / f'reference-{len(list(tmp_path.iterdir()))}.npy'
+  done = subprocess.run(
+      [str(REFERENCE_PYTHON), str(REPO / 'tests' / 'reference' / 'transformers_logits.py'),
+       f'--model={model_path}', f'--tokens={",".join(map(str, tokens))}', f'--out={out}'],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return np.load(out)
+
+
+def test_model_names_and_parameter_counts():
+  assert models.count_params(models.abstract_params(models.get_model_spec('gemma-2b'),
+                                                    jnp.float32)) == 2_506_434_560
+  assert models.get_model_spec('gemma-2b-it').kaggle_handle == 'google/gemma/flax/2b-it'
+  for name in ('gemma2-2b', 'gemma2-2b-it', 'gemma3-270m', 'gemma3-270m-it', 'gemma3-1b',
+               'gemma3-1b-it', 'gemma3-4b', 'gemma3-4b-it'):
+    assert name in models.MODELS
+  assert models.get_model_spec('gemma3-4b').transformer_config().vision_encoder is None
+  counts = {n: models.count_params(models.abstract_params(models.get_model_spec(n), jnp.float32))
+            for n in ('gemma2-2b', 'gemma3-270m', 'gemma3-1b')}
+  assert counts == {'gemma2-2b': 2_614_636_800, 'gemma3-270m': 268_098_176,
+                    'gemma3-1b': 999_885_952}
+
+
+def test_models_list_cli():
+  done = subprocess.run([sys.executable, '-m', 'gemma_mt.models', '--list'], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  assert lines[0].split()[:5] == ['name', 'family', 'parameters', 'vocabulary', 'context']
+  row = next(l for l in lines if l.startswith('gemma3-270m '))
+  assert '268,098,176' in row and '262,144' in row and 'gguf' in row
+  assert len(lines) == 1 + len(models.MODELS)
+
+
+def test_rebuilt_tokenizer_gives_the_reference_ids(gemma3, tmp_path):
+  tokenizer = GemmaTokenizer(gguf.tokenizer_path(gemma3[0].gguf_file, str(tmp_path)))
+  assert tokenizer.encode('Hello world').tolist() == [9259, 1902]
+  assert tokenizer.encode('The capital of France is').tolist() == [818, 5279, 529, 7001, 563]
+  assert tokenizer.encode('Hello world how are you').tolist() == [9259, 1902, 1217, 659, 611]
+  assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id) == (0, 1, 2)
+  assert tokenizer.piece_id('<start_of_turn>') == 105
+  assert tokenizer.piece_id('<end_of_turn>') == 106
+  assert tokenizer.vocab_size == 262_144
+  assert tokenizer.decode([2, 818, 5279, 529, 7001, 563, 1]) == 'The capital of France is'
+
+
+def test_loaded_270m_is_a_real_language_model(gemma3, gguf_path):
+  resolved, params, model = gemma3
+  assert resolved.spec.name == 'gemma3-270m'
+  tokenizer = GemmaTokenizer(resolved.tokenizer_path)
+  sentences = ['The weather is nice today, so we are going to the beach.',
+               'I would like a cup of coffee with milk, please.',
+               "Le chat dort sur le canapé pendant que les enfants jouent dans le jardin.",
+               "Nous allons au marché tous les samedis matin."]
+
+  from gemma_mt.data.records import TrainingInput
+  from gemma_mt.train import step
+  ids = tokenizer.encode_batch(sentences, add_bos=True)
+  length = max(len(x) for x in ids)
+  tokens = np.zeros((len(ids), length), np.int32)
+  for row, x in enumerate(ids):
+    tokens[row, :len(x)] = x
+  # Every token after BOS is predicted: the model's mean next-token loss on ordinary text.
+  batch = TrainingInput(input_tokens=tokens, target_mask=(tokens != 0) & (np.arange(length) > 0))
+  eval_fn = jax.jit(lambda p, b: step.eval_step(p, b, model=model, pad_id=0))
+
+  def mean_loss(p) -> float:
+    sums = eval_fn(p, batch)
+    return float(sums.loss_sum / sums.num_tokens)
+
+  random = jax.jit(lambda: models.init_params(model, 0, 8))()
+  real_loss, random_loss = mean_loss(params), mean_loss(random)
+  assert real_loss < 4.0 < 10.0 < random_loss, (real_loss, random_loss)
+  # Greedy continuations, one fixed-length forward pass per token (causal: the zeros after the
+  # text change nothing).
+  forward = jax.jit(lambda p, t: model.apply({'params': p}, t).logits)
+
+  def continue_text(prompt: str, num_tokens: int = 8) -> str:
+    ids = tokenizer.encode(prompt, add_bos=True).tolist()
+    buffer = np.zeros((1, 32), np.int32)
+    buffer[0, :len(ids)] = ids
+    for n in range(len(ids), len(ids) + num_tokens):
+      buffer[0, n] = int(np.argmax(forward(params, buffer)[0, n - 1]))
+    return tokenizer.decode(buffer[0, len(ids):len(ids) + num_tokens])
+
+  assert continue_text('Paris is the capital of').startswith(' France')
+  assert continue_text('Monday, Tuesday, Wednesday,').startswith(' Thursday, Friday, Saturday')
+  assert continue_text('English: cat\nFrench: chat\nEnglish: dog\nFrench:').startswith(' chien')
+
+
+def test_gguf_import_matches_transformers_gguf_loader(gemma3, gguf_path, tmp_path):
+  _, params, model = gemma3
+  ours = _logits(model, params)
+  theirs = _reference_logits(gguf_path, tmp_path)
+  assert np.abs(ours - theirs).max() < 1e-4
+  assert ours[-1].argmax() == theirs[-1].argmax()
+
+
+def _kaggle_cache(root: pathlib.Path, params, tokenizer_path: str, *, flat: bool = False,
+                  handle: str = 'google/gemma-3/flax/gemma3-270m', version: int = 1) -> str:
+  """A KAGGLEHUB_CACHE laid out like Kaggle's: tokenizer.model and the checkpoint in VARIATION/."""
+  directory = root / 'models' / handle / str(version)
+  variation = handle.split('/')[-1]
+  if flat:  # Gemma 1's flat layout, as the gemma library itself writes it
+    from gemma.gm.ckpts import _checkpoint
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(directory / variation, _checkpoint._nested_to_flat(params))
+  else:
+    gm.ckpts.save_params(params, directory / variation, wait_until_finished=True)
+  (directory / 'tokenizer.model').write_bytes(pathlib.Path(tokenizer_path).read_bytes())
+  (root / 'models' / handle / f'{version}.complete').touch()
+  return f'{handle}/{version}'
+
+
+def _assert_bit_equal(a, b) -> None:
+  flat_a, flat_b = hf.flat_params(a), hf.flat_params(b)
+  assert flat_a.keys() == flat_b.keys()
+  for name in flat_a:
+    assert np.array_equal(np.asarray(flat_a[name]), np.asarray(flat_b[name])), name
+
+
+def test_orbax_kaggle_and_hf_sources_load_back_bit_equal(gemma3, tmp_path, monkeypatch):
+  resolved, params, _ = gemma3
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
+  handle = _kaggle_cache(tmp_path / 'kaggle', params, resolved.tokenizer_path)
+  from_kaggle = sources.resolve(f'kaggle:{handle}')
+  assert from_kaggle.spec.name == 'gemma3-270m'
+  assert from_kaggle.tokenizer_path.endswith('tokenizer.model')
+  abstract = _abstract(resolved.spec, _mesh())
+  _assert_bit_equal(from_kaggle.load_params(abstract), params)
+  # The same checkpoint as a plain local directory, the model inferred from its shapes.
+  local = sources.resolve(str(tmp_path / 'kaggle' / 'models' / handle))
+  assert local.source.kind == 'orbax' and local.spec.name == 'gemma3-270m'
+  hf_dir = tmp_path / 'hf'
+  hf_dir.mkdir()
+  (hf_dir / 'config.json').write_text(json.dumps(hf.hf_config(resolved.spec, 'float32')))
+  (hf_dir / 'tokenizer.model').write_bytes(pathlib.Path(resolved.tokenizer_path).read_bytes())
+  hf.write_safetensors(str(hf_dir), hf.hf_tensors(params, resolved.spec.transformer_config()),
+                       np.float32, max_shard_bytes=600 << 20)  # two shards and an index
+  assert (hf_dir / hf.INDEX_FILE).is_file()
+  from_hf = sources.resolve(str(hf_dir))
+  assert from_hf.source.kind == 'hf' and from_hf.spec.name == 'gemma3-270m'
+  _assert_bit_equal(from_hf.load_params(abstract), params)
+
+
+def test_gemma3_weights_load_sharded_on_8_devices(gemma3, tmp_path, monkeypatch):
+  """Each device holds only its shard; the transposed gating einsum is sharded on its right
+  dimensions and the 262,144-row embedding is split, not replicated."""
+  resolved, params, _ = gemma3
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
+  handle = _kaggle_cache(tmp_path / 'kaggle', params, resolved.tokenizer_path)
+  mesh = _mesh('fsdp:4,tensor:2', 8)
+  for source in (sources.resolve(f'kaggle:{handle}'), resolved):
+    loaded = source.load_params(_abstract(resolved.spec, mesh))
+    layer = loaded['layer_0']
+    assert layer['mlp']['gating_einsum'].shape == (2, 2048, 640)
+    assert tuple(layer['mlp']['gating_einsum'].sharding.spec) == (None, 'tensor', 'fsdp')
+    assert tuple(layer['mlp']['linear'].sharding.spec) == ('tensor', 'fsdp')
+    embedding = loaded['embedder']['input_embedding']
+    assert tuple(embedding.sharding.spec) == ('tensor', 'fsdp')
+    assert {s.data.shape for s in embedding.addressable_shards} == {(131072, 160)}
+    np.testing.assert_array_equal(np.asarray(embedding),
+                                  np.asarray(params['embedder']['input_embedding']))
+
+
+def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
+  """A synthetic checkpoint in Gemma 1's flat layout (``transformer/layer_0/...``) through a
+  Kaggle handle; the model is the tiny Gemma-1-style architecture."""
+  spec = models.get_model_spec('tiny')
+  params = models.init_params(spec.transformer(jnp.float32), 3, 8)
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
+  handle = _kaggle_cache(tmp_path / 'kaggle', params, models.DEMO_TOKENIZER, flat=True,
+                         handle='google/gemma/flax/tiny-test')
+  saved = ocp.StandardCheckpointer().metadata(
+      tmp_path / 'kaggle' / 'models' / 'google/gemma/flax/tiny-test/1/tiny-test')
+  assert 'transformer/layer_0/attn/q_einsum' in saved.item_metadata.tree
+  resolved = sources.resolve(f'kaggle:{handle}', model='tiny')
+  mesh = _mesh('fsdp:8', 8)
+  loaded = resolved.load_params(_abstract(spec, mesh))
+  _assert_bit_equal(loaded, params)
+  assert tuple(loaded['layer_0']['mlp']['gating_einsum'].sharding.spec) == (None, 'fsdp', None)
+  assert tuple(loaded['layer_0']['attn']['q_einsum']['w'].sharding.spec) == (None, 'fsdp', None)
+
+
+def test_memory_plan_of_real_models_on_8_devices():
+  from gemma_mt.train import loop
+  from gemma_mt.train.config import TrainConfig
+
+  plans = {}
+  for mesh in ('data:8', 'fsdp:8'):
+    run, lines = loop.plan_memory(TrainConfig(
+        model='gemma-2b', mesh=mesh, batch_size=8, max_seq_len=64, param_dtype='bfloat16',
+        compute_dtype='bfloat16', max_steps=10))
+    plans[mesh] = run.memory_plan
+    assert any('2,506,434,560 parameters' in l for l in lines)
+    assert lines[-1].lstrip().startswith('device memory')
+  assert plans['data:8'].params == 2 * 2_506_434_560
+  # Everything but the norm scales (which stay whole) is split in eight.
+  assert plans['data:8'].params / 8 < plans['fsdp:8'].params < plans['data:8'].params / 7.99
+  assert plans['fsdp:8'].opt_state < plans['data:8'].opt_state / 7
+  assert plans['data:8'].activations > 0
+
+
+def test_dry_run_cli_prints_the_plan_and_reads_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  done = subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', '--model=gemma3-4b', '--dry_run',
+       '--mesh=fsdp:8', '--cpu_devices_per_process=8', '--batch_size=8', '--max_seq_len=64',
+       '--param_dtype=bfloat16', f'--workdir={workdir}'],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode in (0, 1), done.stderr[-2000:]
+  out = done.stdout
+  assert 'model gemma3-4b: 3,880,099,328 parameters' in out
+  for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
+              'total', 'device memory'):
+    assert f'\n  {row} ' in out, row
+  assert 'mlp/gating_einsum (2, 10240, 2560)' in out
+  assert not workdir.exists()
+
+
+@pytest.fixture
+def hf_config_only(tmp_path) -> pathlib.Path:
+  """A Hugging Face directory of Gemma 3 270M's config and tokenizer (no weights are read
+  before these checks)."""
+  directory = tmp_path / 'hf-270m'
+  directory.mkdir()
+  spec = models.get_model_spec('gemma3-270m')
+  (directory / 'config.json').write_text(json.dumps(hf.hf_config(spec, 'bfloat16')))
+  return directory
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--ckpt=kaggle:google/gemma/flax/2b-it'], 'error: --ckpt=kaggle:google/gemma/flax/2b-it '
+     'has no version and Kaggle cannot be asked (ConnectionError): pin it'),
+    (['--ckpt={hf}', f'--tokenizer={models.DEMO_TOKENIZER}'],
+     'has 1024 pieces but gemma3-270m has 262144 embedding rows: pass the tokenizer'),
+    (['--ckpt={hf}', '--model=gemma3-1b'], 'error: --model=gemma3-1b (gemma3: 26 layers'),
+    (['--ckpt={hf}'], 'has no tokenizer.model in it or beside it: pass --tokenizer=PATH'),
+    (['--ckpt=gguf:/nonexistent.gguf'], 'error: --ckpt=gguf:/nonexistent.gguf: no such file'),
+    (['--model=gemma3-270m'], 'error: --model=gemma3-270m is a released model: pass its weights'),
+])
+def test_bad_sources_are_one_line_exit_2_nothing_written(args, message, hf_config_only, tmp_path):
+  workdir = tmp_path / 'run'
+  env = subprocess_env()
+  env['KAGGLEHUB_CACHE'] = str(tmp_path / 'empty-cache')
+  args = [a.format(hf=hf_config_only) for a in args]
+  done = subprocess.run([sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2, done.stderr[-2000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert message in last, last
+  assert 'Traceback' not in done.stderr
+  assert not workdir.exists()
+
+
+def test_orbax_checkpoint_of_another_shape_names_the_parameter(tmp_path):
+  params = models.init_params(models.get_model_spec('tiny').transformer(jnp.float32), 0, 8)
+  gm.ckpts.save_params(params, tmp_path / 'ckpt', wait_until_finished=True)
+  resolved = sources.resolve(str(tmp_path / 'ckpt'), model='bench',
+                             tokenizer=models.DEMO_TOKENIZER)
+  with pytest.raises(hf.LayoutError, match=r'parameter embedder/input_embedding has shape '
+                     r'\(1024, 128\) in the checkpoint and \(1024, 512\) in the model'):
+    resolved.load_params(_abstract(resolved.spec, _mesh()))
+
+
+def test_gguf_of_another_architecture_is_refused(tmp_path):
+  import gguf as gguf_lib
+  path = tmp_path / 'llama.gguf'
+  writer = gguf_lib.GGUFWriter(str(path), 'llama')
+  writer.add_tensor('token_embd.weight', np.zeros((4, 8), np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(gguf.GGUFError, match="architecture 'llama' is not supported"):
+    sources.resolve(f'gguf:{path}')
+
+
+@pytest.fixture(scope='module')
+def mtnt_splits(mtnt_valid_tsv, tmp_path_factory) -> str:
+  """Train and valid files of real MTNT pairs (disjoint slices of the shared validation file)."""
+  lines = mtnt_valid_tsv.read_text(encoding='utf-8').splitlines(keepends=True)
+  directory = tmp_path_factory.mktemp('mtnt')
+  (directory / 'train.tsv').write_text(''.join(lines[200:280]), encoding='utf-8')
+  (directory / 'valid.tsv').write_text(''.join(lines[100:124]), encoding='utf-8')
+  return f'tsv:{directory}/{{split}}.tsv'
+
+
+def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
+  by_step: dict[int, dict[str, float]] = {}
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    record = json.loads(line)
+    by_step.setdefault(record['step'], {}).update(record)
+  return by_step
+
+
+def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt_splits,
+                                                                       tmp_path):
+  """The README's fine-tune of the real model: the CLI from the GGUF file, and the same run from
+  a Hugging Face copy of the same weights, stopped after 3 steps and resumed: bit-identical."""
+  from gemma_mt.export import export_params
+  from gemma_mt.train import checkpoint, loop
+  from gemma_mt.train.config import TrainConfig
+
+  resolved, params, model = gemma3
+  flags = dict(dataset=mtnt_splits, tsv_quoting='none', batch_size=4, eval_batch_size=8,
+               max_seq_len=48, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0,
+               log_every_n=1, save_every_n=3, num_translations=0)
+  cli = tmp_path / 'cli'
+  done = subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
+       '--max_steps=6', '--eval_every_n=3', '--cpu_devices_per_process=1',
+       *(f'--{k}={v}' for k, v in flags.items())],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'final eval_loss' in done.stdout
+
+  hf_dir = tmp_path / 'hf'
+  hf_dir.mkdir()
+  (hf_dir / 'config.json').write_text(json.dumps(hf.hf_config(resolved.spec, 'float32')))
+  (hf_dir / 'tokenizer.model').write_bytes(pathlib.Path(resolved.tokenizer_path).read_bytes())
+  hf.write_safetensors(str(hf_dir), hf.hf_tensors(params, resolved.spec.transformer_config()),
+                       np.float32)
+  lib = tmp_path / 'lib'
+  device = jax.devices()[:1]
+  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=3, eval_every_n=1, **flags)
+  loop.train_and_evaluate(config, devices=device)
+  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=6), devices=device)
+  assert resumed.step == 6
+
+  cli_metrics, lib_metrics = _metrics(cli), _metrics(lib)
+  for step in range(1, 7):
+    assert cli_metrics[step]['train_loss'] == lib_metrics[step]['train_loss'], step
+  assert cli_metrics[6]['eval_loss'] == lib_metrics[6]['eval_loss']
+  assert lib_metrics[6]['eval_loss'] < lib_metrics[1]['eval_loss'] - 0.2, lib_metrics
+  abstract = models.abstract_params(resolved.spec, jnp.float32)
+  _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), resumed.state.params)
+  # The run's config records the source; its tokenizer is kept in the workdir.
+  saved = json.loads((cli / 'checkpoints' / '6' / 'config' / 'metadata').read_text())
+  assert saved['ckpt'] == 'gguf:gemma3-270m' and saved['model'] == 'gemma3-270m'
+  assert (cli / 'tokenizer.model').read_bytes() == pathlib.Path(
+      resolved.tokenizer_path).read_bytes()
+
+  # Exports: the gemma library's layout reads back equal; transformers reads the HF one.
+  gemma_export = tmp_path / 'export-gemma'
+  export_params(str(lib), str(gemma_export))
+  _assert_bit_equal(gm.ckpts.load_params(gemma_export / 'params'), resumed.state.params)
+  hf_export = tmp_path / 'export-hf'
+  export_params(str(lib), str(hf_export), export_format='hf')
+  assert json.loads((hf_export / 'config.json').read_text())['model_type'] == 'gemma3_text'
+  ours = _logits(model, resumed.state.params)
+  theirs = _reference_logits(str(hf_export), tmp_path)
+  assert np.abs(ours - theirs).max() < 1e-4
+  assert not np.allclose(ours, _logits(model, params), atol=1e-3)  # it is the trained model
