@@ -8,9 +8,13 @@ import pathlib
 import jax
 import pytest
 
-jax.config.update('jax_num_cpu_devices', 8)
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# Compiled steps are shared between tests and the processes they start (the same tiny model
+# compiles dozens of times otherwise); executables are identical, so results are too.
+COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
+
+jax.config.update('jax_num_cpu_devices', 8)
+jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 SHARED_MTNT = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 
 
@@ -34,4 +38,5 @@ def subprocess_env() -> dict[str, str]:
   env = dict(os.environ)
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
   return env

@@ -246,38 +246,54 @@ def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
 
 
 def test_memory_plan_of_real_models_on_8_devices():
+  """gemma-2b and gemma3-4b compiled for 8 simulated CPU devices, no weight read: the plan's
+  parameter and optimizer shards are an eighth of the unsharded sizes."""
   from gemma_mt.train import loop
   from gemma_mt.train.config import TrainConfig
 
-  plans = {}
-  for mesh in ('data:8', 'fsdp:8'):
+  for name, count in (('gemma-2b', 2_506_434_560), ('gemma3-4b', 3_880_099_328)):
     run, lines = loop.plan_memory(TrainConfig(
-        model='gemma-2b', mesh=mesh, batch_size=8, max_seq_len=64, param_dtype='bfloat16',
+        model=name, mesh='fsdp:8', batch_size=8, max_seq_len=32, param_dtype='bfloat16',
         compute_dtype='bfloat16', max_steps=10))
-    plans[mesh] = run.memory_plan
-    assert any('2,506,434,560 parameters' in l for l in lines)
-    assert lines[-1].lstrip().startswith('device memory')
-  assert plans['data:8'].params == 2 * 2_506_434_560
-  # Everything but the norm scales (which stay whole) is split in eight.
-  assert plans['data:8'].params / 8 < plans['fsdp:8'].params < plans['data:8'].params / 7.99
-  assert plans['fsdp:8'].opt_state < plans['data:8'].opt_state / 7
-  assert plans['data:8'].activations > 0
+    plan = run.memory_plan
+    assert any(f'{count:,} parameters' in line for line in lines)
+    for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
+                'total', 'device memory'):
+      assert any(line.startswith(f'  {row} ') for line in lines), row
+    # bfloat16: 2 bytes per parameter; all but the norm scales split in eight.
+    assert 2 * count / 8 < plan.params < 2 * count / 7.99
+    assert 2 * plan.params <= plan.opt_state < 2 * plan.params * 1.01  # Adam's two moments
+    assert plan.activations > 0 and plan.total == (plan.params + plan.opt_state + plan.gradients
+                                                   + plan.activations + plan.batch)
+    assert plan.fits() == (plan.total <= plan.device_bytes)
+  unsharded = sharding.param_shardings(_mesh('data:8', 8), models.abstract_params(
+      models.get_model_spec('gemma3-4b'), jnp.bfloat16))
+  assert sharding.bytes_per_device(models.abstract_params(models.get_model_spec('gemma3-4b'),
+                                                          jnp.bfloat16), unsharded) == 2 * 3_880_099_328
+  assert 'mlp/gating_einsum (2, 10240, 2560) → (None, None, \'fsdp\')' in '\n'.join(lines)
 
 
-def test_dry_run_cli_prints_the_plan_and_reads_nothing(tmp_path):
+def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   done = subprocess.run(
-      [sys.executable, '-m', 'gemma_mt.train', '--model=gemma3-4b', '--dry_run',
-       '--mesh=fsdp:8', '--cpu_devices_per_process=8', '--batch_size=8', '--max_seq_len=64',
-       '--param_dtype=bfloat16', f'--workdir={workdir}'],
+      [sys.executable, '-m', 'gemma_mt.train', '--dry_run', '--mesh=fsdp:8',
+       '--cpu_devices_per_process=8', f'--workdir={workdir}'],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  assert done.returncode in (0, 1), done.stderr[-2000:]
-  out = done.stdout
-  assert 'model gemma3-4b: 3,880,099,328 parameters' in out
-  for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
-              'total', 'device memory'):
-    assert f'\n  {row} ' in out, row
-  assert 'mlp/gating_einsum (2, 10240, 2560)' in out
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  assert lines[0].startswith('model tiny: 844,672 parameters (float32, ')
+  assert lines[-8] == 'memory plan per device:'
+  assert lines[-1].startswith('  device memory') and ': fits (' in lines[-1]
+  assert not workdir.exists()
+  too_small = subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', '--dry_run', '--model=gemma3-270m',
+       '--cpu_devices_per_process=1', '--batch_size=256', '--max_seq_len=1024',
+       f'--workdir={workdir}'],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert too_small.returncode == 1, too_small.stderr[-2000:]
+  assert 'DOES NOT FIT' in too_small.stdout
+  assert too_small.stdout.splitlines()[-1].startswith(
+      'does not fit: recompute activations in the backward pass (--remat=block)')
   assert not workdir.exists()
 
 
@@ -349,6 +365,24 @@ def mtnt_splits(mtnt_valid_tsv, tmp_path_factory) -> str:
   return f'tsv:{directory}/{{split}}.tsv'
 
 
+def _eval_loss(model, params, tokenizer_path: str, dataset: str) -> float:
+  """Mean target-token loss over the valid split, as the run's evaluation computes it."""
+  from gemma_mt.data import pipeline, records
+  from gemma_mt.data import sources as data_sources
+  from gemma_mt.train import step
+
+  tokenizer = GemmaTokenizer(tokenizer_path)
+  pairs, _ = data_sources.read_pairs(data_sources.DatasetSpec.parse(dataset, tsv_quoting='none'),
+                                     'valid')
+  examples, _ = pipeline.encode_examples(pairs, tokenizer, records.PromptFormat(), 48)
+  eval_fn = jax.jit(lambda p, b: step.eval_step(p, b, model=model, pad_id=0))
+  loss_sum = num_tokens = 0.0
+  for batch in pipeline.eval_dataset(examples, max_seq_len=48, pad_id=0, global_batch_size=8):
+    sums = eval_fn(params, batch)
+    loss_sum, num_tokens = loss_sum + float(sums.loss_sum), num_tokens + float(sums.num_tokens)
+  return loss_sum / num_tokens
+
+
 def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
   by_step: dict[int, dict[str, float]] = {}
   for line in (workdir / 'metrics.jsonl').read_text().splitlines():
@@ -368,11 +402,11 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   resolved, params, model = gemma3
   flags = dict(dataset=mtnt_splits, tsv_quoting='none', batch_size=4, eval_batch_size=8,
                max_seq_len=48, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0,
-               log_every_n=1, save_every_n=3, num_translations=0)
+               log_every_n=1, save_every_n=100, num_translations=0)
   cli = tmp_path / 'cli'
   done = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
-       '--max_steps=6', '--eval_every_n=3', '--cpu_devices_per_process=1',
+       '--max_steps=4', '--eval_every_n=2', '--cpu_devices_per_process=1',
        *(f'--{k}={v}' for k, v in flags.items())],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -386,20 +420,23 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
                        np.float32)
   lib = tmp_path / 'lib'
   device = jax.devices()[:1]
-  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=3, eval_every_n=1, **flags)
+  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=2, eval_every_n=2, **flags)
   loop.train_and_evaluate(config, devices=device)
-  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=6), devices=device)
-  assert resumed.step == 6
+  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=4), devices=device)
+  assert resumed.step == 4
 
   cli_metrics, lib_metrics = _metrics(cli), _metrics(lib)
-  for step in range(1, 7):
+  for step in range(1, 5):
     assert cli_metrics[step]['train_loss'] == lib_metrics[step]['train_loss'], step
-  assert cli_metrics[6]['eval_loss'] == lib_metrics[6]['eval_loss']
-  assert lib_metrics[6]['eval_loss'] < lib_metrics[1]['eval_loss'] - 0.2, lib_metrics
+  assert cli_metrics[4]['eval_loss'] == lib_metrics[4]['eval_loss']
+  untrained = _eval_loss(model, params, resolved.tokenizer_path, mtnt_splits)
+  assert lib_metrics[4]['eval_loss'] < untrained - 0.3, (untrained, lib_metrics)
+  assert lib_metrics[4]['eval_loss'] == pytest.approx(
+      _eval_loss(model, resumed.state.params, resolved.tokenizer_path, mtnt_splits), rel=1e-5)
   abstract = models.abstract_params(resolved.spec, jnp.float32)
   _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), resumed.state.params)
   # The run's config records the source; its tokenizer is kept in the workdir.
-  saved = json.loads((cli / 'checkpoints' / '6' / 'config' / 'metadata').read_text())
+  saved = json.loads((cli / 'checkpoints' / '4' / 'config' / 'metadata').read_text())
   assert saved['ckpt'] == 'gguf:gemma3-270m' and saved['model'] == 'gemma3-270m'
   assert (cli / 'tokenizer.model').read_bytes() == pathlib.Path(
       resolved.tokenizer_path).read_bytes()
