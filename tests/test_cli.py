@@ -16,8 +16,8 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   workdir = tmp_path / 'demo'
-  done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=240',
-                '--eval_every_n=60', '--save_every_n=120', '--num_translations=3')
+  done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
+                '--eval_every_n=40', '--save_every_n=80', '--num_translations=3')
   assert done.returncode == 0, done.stderr[-3000:]
   metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [m['eval_loss'] for m in metrics if 'eval_loss' in m]
@@ -25,14 +25,14 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   assert evals[-1] <= evals[0] / 2, evals
   assert all(isinstance(m['step'], int) for m in metrics)
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
-  # Every new best evaluation (60, 120, 180, 240 here) is saved too; the last two are kept.
-  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['180', '240']
+  # Every new best evaluation (40, 80, 120, 160 here) is saved too; the last two are kept.
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '160']
   assert 'translations of held-out sentences:' in done.stdout
   assert done.stdout.count('  en: ') == 3
   assert 'step/s' in done.stderr  # the progress bar
   # Running the same command again resumes at the end: nothing more to train.
-  again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=240',
-                 '--eval_every_n=60', '--save_every_n=120', '--num_translations=0')
+  again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
+                 '--eval_every_n=40', '--save_every_n=80', '--num_translations=0')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from' in again.stderr
   assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(metrics)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -276,23 +277,16 @@ def test_memory_plan_of_real_models_on_8_devices():
 def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   done = subprocess.run(
-      [sys.executable, '-m', 'gemma_mt.train', '--dry_run', '--mesh=fsdp:8',
-       '--cpu_devices_per_process=8', f'--workdir={workdir}'],
-      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
-  lines = done.stdout.splitlines()
-  assert lines[0].startswith('model tiny: 844,672 parameters (float32, ')
-  assert lines[-8] == 'memory plan per device:'
-  assert lines[-1].startswith('  device memory') and ': fits (' in lines[-1]
-  assert not workdir.exists()
-  too_small = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', '--dry_run', '--model=gemma3-270m',
        '--cpu_devices_per_process=1', '--batch_size=256', '--max_seq_len=1024',
        f'--workdir={workdir}'],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  assert too_small.returncode == 1, too_small.stderr[-2000:]
-  assert 'DOES NOT FIT' in too_small.stdout
-  assert too_small.stdout.splitlines()[-1].startswith(
+  assert done.returncode == 1, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  assert lines[0].startswith('model gemma3-270m: 268,098,176 parameters (float32, ')
+  assert lines[-9] == 'memory plan per device:'
+  assert lines[-2].startswith('  device memory') and 'DOES NOT FIT' in lines[-2]
+  assert lines[-1].startswith(
       'does not fit: recompute activations in the backward pass (--remat=block)')
   assert not workdir.exists()
 
@@ -313,10 +307,6 @@ def hf_config_only(tmp_path) -> pathlib.Path:
      'has no version and Kaggle cannot be asked (ConnectionError): pin it'),
     (['--ckpt={hf}', f'--tokenizer={models.DEMO_TOKENIZER}'],
      'has 1024 pieces but gemma3-270m has 262144 embedding rows: pass the tokenizer'),
-    (['--ckpt={hf}', '--model=gemma3-1b'], 'error: --model=gemma3-1b (gemma3: 26 layers'),
-    (['--ckpt={hf}'], 'has no tokenizer.model in it or beside it: pass --tokenizer=PATH'),
-    (['--ckpt=gguf:/nonexistent.gguf'], 'error: --ckpt=gguf:/nonexistent.gguf: no such file'),
-    (['--model=gemma3-270m'], 'error: --model=gemma3-270m is a released model: pass its weights'),
 ])
 def test_bad_sources_are_one_line_exit_2_nothing_written(args, message, hf_config_only, tmp_path):
   workdir = tmp_path / 'run'
@@ -329,6 +319,24 @@ def test_bad_sources_are_one_line_exit_2_nothing_written(args, message, hf_confi
   last = done.stderr.strip().splitlines()[-1]
   assert message in last, last
   assert 'Traceback' not in done.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (dict(ckpt='{hf}', model='gemma3-1b'), '--model=gemma3-1b (gemma3: 26 layers'),
+    (dict(ckpt='{hf}'), 'has no tokenizer.model in it or beside it: pass --tokenizer=PATH'),
+    (dict(ckpt='gguf:/nonexistent.gguf'), '--ckpt=gguf:/nonexistent.gguf: no such file'),
+    (dict(model='gemma3-270m'), '--model=gemma3-270m is a released model: pass its weights'),
+])
+def test_bad_sources_stop_the_library_before_anything_is_written(flags, message, hf_config_only,
+                                                                 tmp_path):
+  from gemma_mt import UserError
+  from gemma_mt.train import loop
+  from gemma_mt.train.config import TrainConfig
+  workdir = tmp_path / 'run'
+  flags = {k: v.format(hf=hf_config_only) for k, v in flags.items()}
+  with pytest.raises(UserError, match=re.escape(message)):
+    loop.train_and_evaluate(TrainConfig(workdir=str(workdir), **flags))
   assert not workdir.exists()
 
 
@@ -394,7 +402,7 @@ def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
 def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt_splits,
                                                                        tmp_path):
   """The README's fine-tune of the real model: the CLI from the GGUF file, and the same run from
-  a Hugging Face copy of the same weights, stopped after 3 steps and resumed: bit-identical."""
+  a Hugging Face copy of the same weights, stopped after 2 steps and resumed: bit-identical."""
   from gemma_mt.export import export_params
   from gemma_mt.train import checkpoint, loop
   from gemma_mt.train.config import TrainConfig
@@ -406,7 +414,7 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   cli = tmp_path / 'cli'
   done = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
-       '--max_steps=4', '--eval_every_n=2', '--cpu_devices_per_process=1',
+       '--max_steps=3', '--eval_every_n=3', '--cpu_devices_per_process=1',
        *(f'--{k}={v}' for k, v in flags.items())],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -420,23 +428,23 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
                        np.float32)
   lib = tmp_path / 'lib'
   device = jax.devices()[:1]
-  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=2, eval_every_n=2, **flags)
+  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=2, eval_every_n=3, **flags)
   loop.train_and_evaluate(config, devices=device)
-  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=4), devices=device)
-  assert resumed.step == 4
+  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=3), devices=device)
+  assert resumed.step == 3
 
   cli_metrics, lib_metrics = _metrics(cli), _metrics(lib)
-  for step in range(1, 5):
+  for step in range(1, 4):
     assert cli_metrics[step]['train_loss'] == lib_metrics[step]['train_loss'], step
-  assert cli_metrics[4]['eval_loss'] == lib_metrics[4]['eval_loss']
+  assert cli_metrics[3]['eval_loss'] == lib_metrics[3]['eval_loss']
   untrained = _eval_loss(model, params, resolved.tokenizer_path, mtnt_splits)
-  assert lib_metrics[4]['eval_loss'] < untrained - 0.3, (untrained, lib_metrics)
-  assert lib_metrics[4]['eval_loss'] == pytest.approx(
+  assert lib_metrics[3]['eval_loss'] < untrained - 0.3, (untrained, lib_metrics)
+  assert lib_metrics[3]['eval_loss'] == pytest.approx(
       _eval_loss(model, resumed.state.params, resolved.tokenizer_path, mtnt_splits), rel=1e-5)
   abstract = models.abstract_params(resolved.spec, jnp.float32)
   _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), resumed.state.params)
   # The run's config records the source; its tokenizer is kept in the workdir.
-  saved = json.loads((cli / 'checkpoints' / '4' / 'config' / 'metadata').read_text())
+  saved = json.loads((cli / 'checkpoints' / '3' / 'config' / 'metadata').read_text())
   assert saved['ckpt'] == 'gguf:gemma3-270m' and saved['model'] == 'gemma3-270m'
   assert (cli / 'tokenizer.model').read_bytes() == pathlib.Path(
       resolved.tokenizer_path).read_bytes()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gemma_mt import errors
-from gemma_mt import models
+from gemma_mt.models import sources as model_sources
 from gemma_mt.data import pipeline
 from gemma_mt.data import records
 from gemma_mt.data import sources
@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--dataset', default='demo', help='as --dataset of gemma_mt.train')
   parser.add_argument('--split', default='train')
   parser.add_argument('--max_seq_len', type=int, default=48)
-  parser.add_argument('--model', default='tiny', help='whose tokenizer to use')
+  parser.add_argument('--model', default='', help='whose tokenizer to use (default: tiny, or '
+                      'the model --ckpt holds)')
+  parser.add_argument('--ckpt', default='', help='as --ckpt of gemma_mt.train: its tokenizer')
+  parser.add_argument('--tokenizer', default='', help='a sentencepiece tokenizer.model')
   parser.add_argument('--prompt_template', default='plain', choices=records.PROMPT_TEMPLATES)
   parser.add_argument('--too_long', default='drop', choices=records.TOO_LONG_POLICIES)
   parser.add_argument('--batch_size', type=int, default=32, help='rows per packed batch')
@@ -102,14 +105,15 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.max_seq_len <= 0 or args.batch_size <= 0:
       raise errors.UserError('--max_seq_len and --batch_size must be positive')
-    try:
-      model = models.get_model_spec(args.model)
-    except KeyError as e:
-      raise errors.UserError(f'--model: {e.args[0]}') from None
+    run_model = model_sources.resolve_run_model(args.model or ('' if args.ckpt else 'tiny'),
+                                                args.ckpt, args.tokenizer, need_weights=False)
+    if not run_model.tokenizer_path:
+      raise errors.UserError(f'--model={args.model} brings no tokenizer: pass --ckpt or '
+                             '--tokenizer')
     spec = sources.DatasetSpec.parse(args.dataset, tsv_quoting=args.tsv_quoting,
                                      tfds_data_dir=args.tfds_data_dir,
                                      tfds_manual_dir=args.tfds_manual_dir)
-    stats = split_stats(spec, args.split, GemmaTokenizer(model.tokenizer_path),
+    stats = split_stats(spec, args.split, GemmaTokenizer(run_model.tokenizer_path),
                         max_seq_len=args.max_seq_len,
                         prompt_format=records.PromptFormat.from_template(args.prompt_template),
                         too_long=args.too_long, batch_size=args.batch_size)

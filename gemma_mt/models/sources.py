@@ -282,7 +282,6 @@ def resolve_run_model(model: str, ckpt: str = '', tokenizer: str = '', *,
   if not spec.is_random_init and need_weights:
     raise SourceError(f'--model={model} is a released model: pass its weights with --ckpt '
                       f'(e.g. --ckpt=kaggle:{spec.kaggle_handle}/VERSION)')
-  tokenizer_path = os.path.abspath(tokenizer) if tokenizer else spec.tokenizer_path
-  if tokenizer_path:
-    check_tokenizer(tokenizer_path, spec, '--tokenizer' if tokenizer else f'--model={model}')
-  return RunModel(spec, tokenizer_path, None)
+  if tokenizer:  # the bundled tokenizers are the demo models' own
+    check_tokenizer(os.path.abspath(tokenizer), spec, '--tokenizer')
+  return RunModel(spec, os.path.abspath(tokenizer) if tokenizer else spec.tokenizer_path, None)
