@@ -6,27 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-find_python() {
-  if command -v python3.12 >/dev/null 2>&1 && python3.12 -c '' >/dev/null 2>&1; then
-    echo python3.12; return
-  fi
-  # pyenv installs whose global version is another Python: ask for a 3.12 explicitly.
-  if command -v pyenv >/dev/null 2>&1; then
-    local version
-    version=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[0-9]+)?$' | tail -n 1 || true)
-    if [ -n "$version" ]; then
-      echo "$(pyenv root)/versions/$version/bin/python3.12"; return
-    fi
-  fi
-  if command -v python3 >/dev/null 2>&1 && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
-    echo python3; return
-  fi
-  echo "error: Python 3.12 not found: install it (python3.12 on PATH, or pyenv install 3.12)" >&2
-  exit 1
-}
+source scripts/find_python.sh
 
 if [ ! -x .venv/bin/python ]; then
-  "$(find_python)" -m venv .venv
+  "$(find_python 3.12)" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 target=.

@@ -180,6 +180,7 @@ class CompiledRun:
     run_model: the model's spec, tokenizer and weights' source.
     mesh: the device mesh.
     model: the flax module.
+    optimizer: the Optax optimizer.
     schedule: the learning-rate schedule.
     abstract_state: ``ShapeDtypeStruct``s of the train state with their shardings.
     state_shardings: the shardings of the train state.
