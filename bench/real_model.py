@@ -6,12 +6,14 @@ and the memory plan's prediction against the memory one training step used.
 
 Loads: the GGUF file (parse, dequantize, place on the device), then the same parameters saved by
 this script as a Hugging Face directory (float32 safetensors) and in the gemma library's Orbax
-layout, each loaded back through ``gemma_mt.models.sources``. The read rate is a plain sequential
-read of each source's files in the same run (page cache warm, as the loads find it).
+layout, each loaded back through ``gemma_mt.models.sources``. Before each load and each plain
+sequential read of the same files, the files are evicted from the page cache
+(``posix_fadvise(DONTNEED)``): both read from the disk.
 
 Memory: each row runs in a fresh process (``--measure_step``): the plan of the compiled step is
 printed before anything is allocated, then parameters, optimizer state and two steps are run and
-the process's peak resident memory growth is measured (on CPU, device memory is host memory).
+the growth of the process's resident memory (sampled every millisecond, from after compiling to
+its peak) is what the step used (on CPU, device memory is host memory).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -31,9 +33,26 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _files(paths: list[pathlib.Path]) -> list[pathlib.Path]:
+  return [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob('*'))) if f.is_file()]
+
+
+def evict(paths: list[pathlib.Path]) -> None:
+  """Drops the files' pages from the page cache, so the next read comes from the disk."""
+  for file in _files(paths):
+    fd = os.open(file, os.O_RDONLY)
+    try:
+      os.fsync(fd)  # dirty pages (a file just written) are not dropped
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+      os.close(fd)
+
+
 def read_rate(paths: list[pathlib.Path]) -> tuple[int, float]:
-  """(bytes, bytes per second) of reading every file under ``paths`` sequentially."""
-  files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob('*'))) if f.is_file()]
+  """(bytes, bytes per second) of reading every file under ``paths`` sequentially, from the
+  disk (the files are evicted from the page cache first)."""
+  files = _files(paths)
+  evict(paths)
   total, start = 0, time.perf_counter()
   for file in files:
     with open(file, 'rb') as f:
@@ -63,6 +82,7 @@ def bench_loads(ckpt: str) -> list[dict]:
       mesh, abstract, sharding.rules_for(spec.transformer_config())))
 
   def timed_load(source: sources.ResolvedSource) -> tuple[float, object]:
+    evict([pathlib.Path(source.path)])  # as a fresh job finds them: on disk
     start = time.perf_counter()
     params = source.load_params(abstract)
     jax.block_until_ready(params)
@@ -106,8 +126,20 @@ def measure_step(args: argparse.Namespace) -> None:
                        compute_dtype=args.compute_dtype, remat=args.remat)
   run_model = sources.resolve_run_model(config.model_name, config.ckpt, need_weights=False)
   run = loop.compile_run(config, run_model, 10, devices=jax.devices()[:1])
-  baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  state = jax.jit(lambda: loop._state_of(run.optimizer, _random(run)),  # pylint: disable=protected-access
+  # Resident memory now (after compiling) against its peak while the state is made and stepped,
+  # sampled every millisecond: on CPU the devices' buffers are this process's memory.
+  baseline = _rss()
+  peak = [baseline]
+  done = threading.Event()
+
+  def sample() -> None:
+    while not done.is_set():
+      peak[0] = max(peak[0], _rss())
+      time.sleep(0.001)
+
+  sampler = threading.Thread(target=sample, daemon=True)
+  sampler.start()
+  state = jax.jit(lambda: loop._state_of(run.optimizer, _zeros(run)),  # pylint: disable=protected-access
                   out_shardings=run.state_shardings)()
   import numpy as np
   from gemma_mt.data.records import TrainingInput
@@ -116,15 +148,25 @@ def measure_step(args: argparse.Namespace) -> None:
   for _ in range(2):
     state, metrics = run.train_fn(state, batch)
   jax.block_until_ready(metrics)
-  used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+  done.set()
+  sampler.join()
+  used = peak[0] - baseline
   print(json.dumps(dict(model=run.config.model, batch=args.batch_size, seq=args.seq_len,
                         compute_dtype=args.compute_dtype, remat=args.remat,
                         predicted=run.memory_plan.total, used=used)))
 
 
-def _random(run):
-  from gemma_mt import models
-  return models.init_params(run.model, 0, run.config.max_seq_len)
+def _rss() -> int:
+  """Resident bytes of this process (Linux)."""
+  with open('/proc/self/statm', encoding='ascii') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _zeros(run):
+  """Parameters of the run's shapes, made without the temporaries of a random initialisation."""
+  import jax
+  import jax.numpy as jnp
+  return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), run.abstract_state.params)
 
 
 def main() -> None:
@@ -148,7 +190,7 @@ def main() -> None:
     import jax
     jax.config.update('jax_num_cpu_devices', 1)
     print(f'## Loading {args.ckpt} (float32 on one CPU device)\n')
-    print('| source | bytes read | resolve (s) | load (s) | plain read (s) | load / read |')
+    print('| source | bytes on disk | resolve (s) | load (s) | plain read (s) | load / read |')
     print('|---|---|---|---|---|---|')
     for row in bench_loads(args.ckpt):
       print(f'| {row["source"]} | {row["file_bytes"] / 2**20:.0f} MiB | {row["resolve_s"]:.1f} | '

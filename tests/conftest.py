@@ -15,6 +15,8 @@ COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
+# Every compilation, not only those over a second: the tiny model's are many and short.
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 SHARED_MTNT = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 
 
@@ -39,4 +41,5 @@ def subprocess_env() -> dict[str, str]:
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env
