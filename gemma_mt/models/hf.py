@@ -99,29 +99,16 @@ def layout_rows(config: Any) -> list[Row]:
 
 def flat_params(params: Any) -> dict[str, Any]:
   """``{'layer_0/attn/q_einsum/w': array}`` of a nested parameter dict."""
-  flat = {}
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
 
-  def walk(tree: Any, prefix: str) -> None:
-    if isinstance(tree, dict):
-      for key, value in tree.items():
-        walk(value, f'{prefix}{key}/')
-    else:
-      flat[prefix[:-1]] = tree
-
-  walk(params, '')
-  return flat
+  return traverse_util.flatten_dict(params, sep='/')
 
 
 def nest_params(flat: dict[str, Any]) -> dict[str, Any]:
   """The inverse of ``flat_params``."""
-  nested: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = nested
-    *parents, leaf = name.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return nested
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+
+  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def convert_into(rows: Sequence[Row], read: Callable[[str], np.ndarray], abstract: Any,
