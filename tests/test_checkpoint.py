@@ -187,10 +187,29 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
       f.write_bytes(b'garbage' * 3)
   with caplog.at_level('WARNING'):
     result = loop.train_and_evaluate(_config(tmp_path, max_steps=10))
-  assert 'checkpoint 8' in caplog.text and 'cannot be restored' in caplog.text
+  assert 'checkpoint 8' in caplog.text and 'is damaged' in caplog.text
   assert result.step == 10
   assert list((tmp_path / 'checkpoints').glob('8.unreadable-*'))  # kept aside, not deleted
   assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, 11))
+
+
+def test_a_restore_that_runs_out_of_memory_moves_nothing(tmp_path, monkeypatch):
+  loop.train_and_evaluate(_config(tmp_path, max_steps=8))
+  before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+
+  def out_of_memory(*_, **__):
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                                     'allocate 1073741824 bytes.')
+
+  monkeypatch.setattr(checkpoint.RunCheckpoints, 'restore', out_of_memory)
+  with pytest.raises(checkpoint.CheckpointError, match='nothing was moved aside'):
+    loop.train_and_evaluate(_config(tmp_path, max_steps=10))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before == ['4', '8']
+  # Permission and I/O errors are not damage either; a missing file of the checkpoint is.
+  step_dir = str(tmp_path / 'checkpoints' / '8')
+  assert not checkpoint.is_damage(PermissionError(13, 'denied', step_dir + '/state'), step_dir)
+  assert not checkpoint.is_damage(OSError(5, 'Input/output error'), step_dir)
+  assert checkpoint.is_damage(FileNotFoundError(2, 'gone', step_dir + '/state/x'), step_dir)
 
 
 def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):

@@ -73,8 +73,16 @@ def test_checkpoints_move_between_two_processes_and_one(one_process_reference, t
   assert done.returncode == 0, done.stderr[-3000:]
   done = _single(tmp_path, 6)
   assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
+  # The latest checkpoint damaged: both processes agree to set it aside and resume from step 3.
+  for f in (tmp_path / 'checkpoints' / '6' / 'state').rglob('*'):
+    if f.is_file() and f.stat().st_size > 0 and 'commit' not in f.name:
+      f.write_bytes(b'garbage')
   done = _launch(tmp_path, 10)
-  assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
+  assert done.returncode == 0, done.stderr[-3000:]
+  resumed = [l for l in done.stderr.splitlines() if 'resumed from' in l]
+  assert len(resumed) == 2 and all(l.endswith('at step 3') for l in resumed), resumed
+  assert sum('checkpoint 6 in' in l and 'is damaged' in l for l in done.stderr.splitlines()) == 2
+  assert len(list((tmp_path / 'checkpoints').glob('6.unreadable-*'))) == 1
   np.testing.assert_allclose(_losses(tmp_path), one_process_reference, rtol=1e-5)
 
 
@@ -87,7 +95,9 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 
 
 def test_a_killed_process_ends_the_job_and_the_job_resumes(tmp_path):
-  proc = subprocess.Popen(_launch_command(tmp_path, 400), cwd=REPO, env=subprocess_env(),
+  # A short heartbeat: the survivor notices within it (the default, 20 s, works the same way).
+  command = _launch_command(tmp_path, 400) + ['--heartbeat_timeout_seconds=5']
+  proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, 4, proc)
   victim = next(c for c in psutil.Process(proc.pid).children()
@@ -95,7 +105,7 @@ def test_a_killed_process_ends_the_job_and_the_job_resumes(tmp_path):
   victim.send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
   _, stderr = proc.communicate(timeout=120)
-  assert time.monotonic() - killed_at < 60
+  assert time.monotonic() - killed_at < 30
   assert proc.returncode != 0
   assert 'error: process 1 of 2 exited with status -9' in stderr
   assert (tmp_path / 'checkpoints').is_dir()

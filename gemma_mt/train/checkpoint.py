@@ -21,6 +21,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from gemma_mt import errors
@@ -178,26 +179,49 @@ class RunCheckpoints:
     """Restores the newest checkpoint that reads back; None if there is none.
 
     A checkpoint of another run (see ``check_compatible``, ``check_state_matches`` and
-    ``check``) stops with CheckpointError and nothing is touched. A checkpoint that fails to read
-    (a corrupted file) is renamed aside with a warning and the one before it is tried.
-    ``data_iterator`` is moved to the saved position if given.
+    ``check``) stops with CheckpointError and nothing is touched. A checkpoint shown to be
+    damaged (``is_damage``: a missing, truncated or undecodable file of its own) is renamed
+    aside with a warning and the one before it is tried. Any other failure (out of memory,
+    permissions, a transient I/O error, a bug) stops with CheckpointError and touches nothing.
+    With several processes, every process's outcome is gathered first, so that all of them
+    set aside, stop or go on together. ``data_iterator`` is moved to the saved position if given.
     """
     for step in reversed(self.all_steps()):
+      failure: BaseException | None = None
+      restored = None
       try:
         self.check_compatible(config, step)
         self.check_state_matches(step, abstract_state)
         check(step)
-        return step, self.restore(step, abstract_state, data_iterator)
-      except CheckpointError:
-        raise
-      except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:
-        aside = os.path.join(self.directory, f'{step}.unreadable-{int(time.time())}')
-        _LOG.warning('checkpoint %d in %s cannot be restored (%s: %s); moved to %s, trying '
-                     'the previous one', step, self.directory, type(e).__name__,
-                     str(e).splitlines()[0] if str(e) else '', aside)
-        if jax.process_index() == 0:
-          os.rename(os.path.join(self.directory, str(step)), aside)
-        self._manager.reload()
+        restored = self.restore(step, abstract_state, data_iterator)
+      except CheckpointError as e:
+        failure = e
+      except Exception as e:  # pylint: disable=broad-except  # classified below, never swallowed
+        failure = e
+      outcome = _agreed_outcome(_outcome_of(failure, os.path.join(self.directory, str(step))))
+      if outcome == _RESTORED:
+        return step, restored
+      if outcome == _REFUSED:
+        if isinstance(failure, CheckpointError):
+          raise failure
+        if failure is None:
+          raise CheckpointError(f'another process could not restore checkpoint {step} of '
+                                f'{self.directory}; see its log; nothing was moved')
+        reason = str(failure).splitlines()[0] if str(failure) else ''
+        raise CheckpointError(
+            f'restoring checkpoint {step} of {self.directory} failed ({type(failure).__name__}: '
+            f'{reason[:300]}); nothing was moved aside: fix the cause (memory, permissions, '
+            'storage) and run the same command again') from failure
+      aside = os.path.join(self.directory, f'{step}.unreadable-{int(time.time())}')
+      if failure is not None:
+        _LOG.warning('checkpoint %d in %s is damaged (%s: %s); moved to %s, trying the previous '
+                     'one', step, self.directory, type(failure).__name__,
+                     str(failure).splitlines()[0][:300] if str(failure) else '', aside)
+      if jax.process_index() == 0:
+        os.rename(os.path.join(self.directory, str(step)), aside)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f'gemma_mt_set_aside_{step}')
+      self._manager.reload()
     return None
 
   def restore(self, step: int, abstract_state: Any,
@@ -218,6 +242,44 @@ class RunCheckpoints:
       self._manager.close()
     except (OSError, ValueError, RuntimeError) as e:
       _LOG.warning('closing %s: %s', self.directory, str(e).splitlines()[0] if str(e) else e)
+
+
+_RESTORED, _DAMAGED, _REFUSED = 0, 1, 2
+# tensorstore's status codes for a file that is missing, shorter than written, or undecodable.
+_DAMAGE_STATUSES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS')
+
+
+def is_damage(error: BaseException, step_directory: str) -> bool:
+  """Whether ``error`` shows the checkpoint at ``step_directory`` itself to be damaged.
+
+  Only Orbax's and tensorstore's format errors count: an undecodable JSON file, a missing item,
+  and a file of this checkpoint (named in the message) that is missing, truncated or corrupt.
+  Out-of-memory, permission and other I/O errors, and our own bugs are not damage.
+  """
+  if isinstance(error, CheckpointError):
+    return False
+  if isinstance(error, json.JSONDecodeError):
+    return True
+  if isinstance(error, KeyError):
+    return 'was not found in the checkpoint' in str(error)
+  if isinstance(error, FileNotFoundError):
+    return os.path.abspath(str(error.filename or '')).startswith(step_directory + os.sep)
+  message = str(error)
+  return (type(error) is ValueError and message.startswith(_DAMAGE_STATUSES)
+          and step_directory + os.sep in message)
+
+
+def _outcome_of(failure: BaseException | None, step_directory: str) -> int:
+  if failure is None:
+    return _RESTORED
+  return _DAMAGED if is_damage(failure, step_directory) else _REFUSED
+
+
+def _agreed_outcome(outcome: int) -> int:
+  """The worst outcome over all processes (one decision for the whole job)."""
+  if jax.process_count() == 1:
+    return outcome
+  return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
 
 
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
