@@ -191,6 +191,13 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   assert result.step == 10
   assert list((tmp_path / 'checkpoints').glob('8.unreadable-*'))  # kept aside, not deleted
   assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, 11))
+  # TensorBoard shows steps 5-8 once: the redone steps hide the first run's points.
+  from tensorboard.backend.event_processing import plugin_event_accumulator as event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'),
+                                              size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  steps = [e.step for e in events.Tensors('train_loss')]
+  assert sorted(steps) == list(range(1, 11)), steps
 
 
 def test_a_restore_that_runs_out_of_memory_moves_nothing(tmp_path, monkeypatch):

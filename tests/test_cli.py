@@ -24,7 +24,13 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   assert len(evals) == 4
   assert evals[-1] <= evals[0] / 2, evals
   assert all(isinstance(m['step'], int) for m in metrics)
-  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+  events = accumulator.EventAccumulator(str(workdir / 'tensorboard'),
+                                        size_guidance={accumulator.TENSORS: 0})
+  events.Reload()
+  assert [e.step for e in events.Tensors('eval_loss')] == [40, 80, 120, 160]
+  texts = events.Tensors('translations')  # the sample translations, as TensorBoard text
+  assert len(texts) == 1 and texts[0].tensor_proto.string_val[0].decode().count('en: ') == 3
   # Every new best evaluation (40, 80, 120, 160 here) is saved too; the last two are kept.
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '160']
   assert 'translations of held-out sentences:' in done.stdout

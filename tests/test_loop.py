@@ -1,12 +1,14 @@
 """train_and_evaluate end to end in-process, on the 8 simulated devices."""
 
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
 
-from gemma_mt.train import loop
+from gemma_mt.data import pipeline
+from gemma_mt.train import checkpoint, loop
 from gemma_mt.train.checkpoint import CheckpointError
 from gemma_mt.train.config import ConfigError, TrainConfig
 
@@ -97,3 +99,55 @@ def test_packed_run_resumes_exactly(tmp_path):
   with pytest.raises(CheckpointError, match='same batch size'):
     loop.train_and_evaluate(_config(tmp_path / 'run', **{**packed, 'max_steps': 12,
                                                           'batch_size': 8}))
+  # The position records examples (segments of the packed rows), not rows.
+  store = checkpoint.RunCheckpoints(str(tmp_path / 'run' / 'checkpoints'), keep=9, save_every_n=9)
+  run = loop.load_run_data(_config(tmp_path / 'x', **packed), _demo_tokenizer())
+  batches = pipeline.packed_train_dataset(run.train, max_seq_len=96, pad_id=0,
+                                          global_batch_size=16, seed=0, num_epochs=None)
+  segments = [int(np.sum((b.positions == 0) & (b.segment_ids > 0))) for _, b in zip(range(8),
+                                                                                      batches)]
+  assert store.saved_position(8).examples_consumed == sum(segments) > 8 * 16
+  assert store.saved_position(6).examples_consumed == sum(segments[:6])
+  assert (tmp_path / 'run' / 'checkpoints' / '8' / 'data').is_dir()  # Grain's state: the source
+
+
+def _demo_tokenizer():
+  from gemma_mt import models
+  from gemma_mt.data.tokenizer import GemmaTokenizer
+  return GemmaTokenizer(models.DEMO_TOKENIZER)
+
+
+def _small_tsv(directory, num_train=64) -> str:
+  directory.mkdir()
+  for split, count in (('train', num_train), ('valid', 16)):
+    lines = [f'{i}\tI see {i} cats.\tJe vois {i} chats.\n' for i in range(count)]
+    (directory / f'{split}.tsv').write_text(''.join(lines))
+  return f'tsv:{directory}/{{split}}.tsv'
+
+
+def test_resumed_epoch_run_with_another_batch_size_ends_its_decay_at_its_last_step(tmp_path):
+  config = _config(tmp_path / 'run', dataset=_small_tsv(tmp_path / 'data'), tsv_quoting='none',
+                   max_steps=0, num_epochs=1, lr_schedule='linear', learning_rate=3e-3,
+                   log_every_n=1, eval_every_n=100, save_every_n=100, eval_batch_size=16)
+  loop.train_and_evaluate(config)  # 64 examples at 16: steps 1-4
+  # Another epoch at batch 8: 64 more examples, steps 5-12; the schedule ends at 12, not 16.
+  result = loop.train_and_evaluate(dataclasses.replace(config, num_epochs=2, batch_size=8))
+  assert result.step == 12
+  rates = {m['step']: m['learning_rate'] for m in _metrics(tmp_path / 'run') if 'train_loss' in m}
+  assert sorted(rates) == list(range(1, 13))
+  assert rates[12] == pytest.approx(3e-3 / 12, rel=1e-5)  # linear to 0 over 12 steps
+
+
+def test_max_steps_beyond_the_epochs_is_refused_at_start(tmp_path):
+  dataset = _small_tsv(tmp_path / 'data')
+  for packing in (False, True):
+    workdir = tmp_path / f'run-{packing}'
+    with pytest.raises(ConfigError, match='--max_steps=50 is more than the .* steps that '
+                       '--num_epochs=2'):
+      loop.train_and_evaluate(_config(workdir, dataset=dataset, tsv_quoting='none', max_steps=50,
+                                      num_epochs=2, packing=packing, max_seq_len=96))
+    assert not workdir.exists()
+  # Within the epochs: runs to the end (64 × 2 examples hold 8 batches of 16).
+  assert loop.train_and_evaluate(_config(tmp_path / 'ok', dataset=dataset, tsv_quoting='none',
+                                         max_steps=8, num_epochs=2, eval_every_n=8,
+                                         eval_batch_size=16)).step == 8

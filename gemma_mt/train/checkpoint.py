@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: train state, data position and config, written atomically.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data,config,meta}``. Orbax writes each step to a
+Layout: ``WORKDIR/checkpoints/<step>/{state,config,meta}``, plus ``data`` (each process's Grain
+iterator state) in packed runs; ``meta`` holds the data position of unpacked runs. Orbax writes each step to a
 temporary directory and renames it when complete, so a save killed half-way is never taken for a
 checkpoint. Saves are asynchronous: training goes on while the bytes are written. Kept: the last
 ``keep`` checkpoints plus the one with the best evaluation loss.
@@ -40,8 +41,12 @@ class CheckpointError(errors.UserError):
 class DataPosition:
   """Where the training data stood at a checkpoint, independent of batch size and processes.
 
+  It is what an unpadded (unpacked) run resumes from. A packed run resumes from the state of
+  each process's Grain iterator, saved beside it; there this position is a record only.
+
   Attributes:
-    examples_consumed: examples of the (repeated, shuffled) stream that training has used.
+    examples_consumed: examples of the (repeated, shuffled) stream that training has used
+      (in packed runs, the examples inside the packed rows).
     batch_size: the global batch size they were read with.
     process_count: the number of processes that read them.
   """
@@ -125,17 +130,23 @@ class RunCheckpoints:
     """Whether the job was told to stop (SIGTERM on a cluster), agreed by all processes."""
     return self._manager.reached_preemption(step)
 
-  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator,
+  def should_save(self, step: int) -> bool:
+    """Whether the policies (every N steps, every M minutes, preemption) ask for a save."""
+    return self._manager.should_save(step)
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            config: TrainConfig, position: DataPosition, *,
            metrics: dict[str, float] | None = None, force: bool = False) -> bool:
-    """Saves if the policies (every N steps, every M minutes, preemption) say so, or ``force``.
+    """Saves if ``should_save(step)`` or ``force``; returns whether a save started.
 
-    Returns whether a save started. Raises CheckpointError if the disk refuses it; earlier
-    checkpoints stay as they were.
+    ``data_iterator``: the Grain iterator whose state is the data position (packed runs); None
+    where ``position`` alone says where the data stands. Raises CheckpointError if the disk
+    refuses the save; earlier checkpoints stay as they were.
     """
-    args = ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(state),
-        _DATA: grain.checkpoint.CheckpointSave(data_iterator),
+    items = {_STATE: ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    args = ocp.args.Composite(**items, **{
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
         _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
                                   'saved_at': time.time()}),

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gemma_mt import models
 from gemma_mt.data import pipeline
@@ -188,6 +189,7 @@ class CompiledRun:
     train_fn: the ahead-of-time compiled train step.
     eval_fn: the jitted eval step.
     memory_plan: bytes per device of one step.
+    num_steps: the step the learning-rate schedule ends at.
   """
 
   config: TrainConfig
@@ -202,6 +204,7 @@ class CompiledRun:
   train_fn: Any
   eval_fn: Any
   memory_plan: memory.MemoryPlan
+  num_steps: int
 
 
 def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_steps: int, *,
@@ -246,7 +249,7 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
   )
   plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch, mesh)
   return CompiledRun(config, run_model, mesh, model, optimizer, schedule, abstract_state,
-                     state_shardings, abstract_batch, train_fn, eval_fn, plan)
+                     state_shardings, abstract_batch, train_fn, eval_fn, plan, num_steps)
 
 
 def plan_memory(config: TrainConfig, *,
@@ -324,13 +327,15 @@ def train_and_evaluate(config: TrainConfig, *,
   run_model = _resumed_run_model(config) or model_sources.resolve_run_model(
       config.model_name, config.ckpt, config.tokenizer)
   tokenizer = GemmaTokenizer(run_model.tokenizer_path)
-  saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
   data = load_run_data(config, tokenizer)
-  if total_steps(config, len(data.train)) <= 0:
+  # Sized from where a resumed run stands, so that its schedule ends at its own last step.
+  latest = _latest_position(config.workdir)
+  num_steps = total_steps(config, len(data.train), *latest)
+  _check_epochs_cover_max_steps(config, data, tokenizer.pad_id, *latest)
+  if num_steps <= 0:
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
-  run = compile_run(config, run_model, total_steps(config, len(data.train)),
-                    pad_id=tokenizer.pad_id, devices=devices)
+  run = compile_run(config, run_model, num_steps, pad_id=tokenizer.pad_id, devices=devices)
   config = run.config
   if is_main:
     for line in _describe_run(run) + run.memory_plan.lines():
@@ -354,6 +359,7 @@ def train_and_evaluate(config: TrainConfig, *,
   # A fresh run reads its weights before anything is written, so a mismatch costs nothing.
   loaded = initial_params() if not _has_checkpoint(config.workdir) else None
   _check_workdir_writable(config.workdir)
+  saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
   if is_main and not os.path.isfile(saved_tokenizer):
     shutil.copyfile(tokenizer.path, saved_tokenizer + '.tmp')
     os.replace(saved_tokenizer + '.tmp', saved_tokenizer)
@@ -361,27 +367,94 @@ def train_and_evaluate(config: TrainConfig, *,
       os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints,
       save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes)
   try:
-    return _train(run, lambda: loaded if loaded is not None else initial_params(), tokenizer,
-                  data, store, is_main)
+    start = _start(run, lambda: loaded if loaded is not None else initial_params(), tokenizer,
+                   data, store)
+    if start.num_steps != run.num_steps:
+      # Resumed from an older checkpoint than the latest (the latest was damaged).
+      run = compile_run(config, run_model, start.num_steps, pad_id=tokenizer.pad_id,
+                        devices=list(run.mesh.devices.flat))
+    if is_main and start.step:
+      _truncate_metrics(config.workdir, start.step)
+    sink = reporting.MetricsSink(config.workdir, enabled=is_main, start_step=start.step)
+    try:
+      state, eval_loss, preempted = _train_loop(run, start, tokenizer, data, store, sink,
+                                                is_main)
+      translations = []
+      if config.num_translations and not preempted and jax.process_count() > 1:
+        _LOG.info('sample translations are skipped in multi-process runs')
+      elif config.num_translations and not preempted:
+        translations = _sample_translations(run, state.params, tokenizer, data)
+        sink.write_texts(int(jax.device_get(state.step)), {'translations': '\n\n'.join(
+            f'en: {src}  \nfr: {out}  \nreference: {ref}' for src, ref, out in translations)})
+    finally:
+      sink.close()
+  finally:
+    store.close()
+  return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
+                     translations=translations, preempted=preempted)
+
+
+def _latest_position(workdir: str) -> tuple[checkpoint.DataPosition | None, int]:
+  """The data position and step of the newest checkpoint in ``workdir``; (None, 0) if none
+  reads back (restoring decides what to do with it)."""
+  if not _has_checkpoint(workdir):
+    return None, 0
+  store = checkpoint.RunCheckpoints(os.path.join(workdir, 'checkpoints'), keep=1 << 30,
+                                    save_every_n=1 << 30)
+  try:
+    step = store.latest_step()
+    return (store.saved_position(step), step) if step is not None else (None, 0)
+  except (OSError, ValueError, KeyError):
+    return None, 0
   finally:
     store.close()
 
 
-def _train(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, data: RunData,
-           store: checkpoint.RunCheckpoints, is_main: bool) -> TrainResult:
-  config, mesh, model = run.config, run.mesh, run.model
-  abstract_state, state_shardings = run.abstract_state, run.state_shardings
-  train_fn, eval_fn = run.train_fn, run.eval_fn
+def _check_epochs_cover_max_steps(config: TrainConfig, data: RunData, pad_id: int,
+                                  position: checkpoint.DataPosition | None, step: int) -> None:
+  """With both ``--num_epochs`` and ``--max_steps``, the epochs must hold ``max_steps`` batches:
+  checked at start, so that a run never stops half-way for want of data."""
+  if not (config.num_epochs and config.max_steps):
+    return
+  if config.packing:
+    # Packed batches per epoch depend on the lengths: count them (this process's share).
+    packed = pipeline.packed_train_dataset(
+        data.train, max_seq_len=config.max_seq_len, pad_id=pad_id,
+        global_batch_size=config.batch_size, seed=config.seed, num_epochs=config.num_epochs,
+        process=pipeline.ProcessSlice(jax.process_index(), jax.process_count()))
+    available = sum(1 for _ in packed)
+    if jax.process_count() > 1:
+      available = int(np.min(multihost_utils.process_allgather(np.int64(available))))
+  else:
+    available = total_steps(dataclasses.replace(config, max_steps=0), len(data.train), position,
+                            step)
+  if config.max_steps > available:
+    raise ConfigError(
+        f'--max_steps={config.max_steps} is more than the {available} steps that '
+        f'--num_epochs={config.num_epochs} of the {len(data.train)} training examples make at '
+        f'--batch_size={config.batch_size}: raise --num_epochs, lower --max_steps, or set '
+        '--num_epochs=0 to repeat the data until --max_steps')
 
-  def fresh_state() -> step_lib.TrainState:
-    # Each piece created where it lives; loaded parameters are arguments, not constants.
-    params = initial_params()
-    if params is None:
-      params = jax.jit(lambda: models.init_params(model, config.seed, config.max_seq_len),
-                       out_shardings=state_shardings.params)()
-    return jax.jit(functools.partial(_state_of, run.optimizer),
-                   out_shardings=state_shardings)(params)
 
+@dataclasses.dataclass(frozen=True)
+class _Start:
+  """Where the loop starts: the state, its step and data position, and the step it ends at."""
+
+  step: int
+  state: step_lib.TrainState
+  examples_consumed: int
+  data_iterator: Any
+  num_steps: int
+
+
+def _start(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, data: RunData,
+           store: checkpoint.RunCheckpoints) -> _Start:
+  """The newest checkpoint that restores, or a fresh state; the data iterator at its position.
+
+  Unpacked data resumes from the number of examples used (any batch size or number of
+  processes); packed data from each process's Grain iterator state.
+  """
+  config = run.config
   process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
 
   def train_iterator(start_example: int) -> Any:
@@ -404,87 +477,137 @@ def _train(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, dat
           f'{saved.process_count} processes; a --packing run resumes exactly only with the '
           'same batch size and number of processes')
 
-  # Unpacked data resumes from the number of examples used (any batch size or number of
-  # processes); packed data from each process's Grain iterator state.
   packed_iterator = train_iterator(0) if config.packing else None
-  restored = store.restore_latest(config, abstract_state, packed_iterator, check_packed_layout)
-  position = None
+  restored = store.restore_latest(config, run.abstract_state, packed_iterator,
+                                  check_packed_layout)
   if restored is None:
-    state = fresh_state()
-    start_step, consumed = 0, 0
-  else:
-    start_step, state = restored
-    position = store.saved_position(start_step)
-    consumed = position.examples_consumed
-    if position.batch_size != config.batch_size:
-      _LOG.info('batch size changed from %d to %d: continuing after example %d of the stream',
-                position.batch_size, config.batch_size, consumed)
-    _LOG.info('resumed from %s at step %d', store.directory, start_step)
-    if is_main:
-      _truncate_metrics(config.workdir, start_step)
-  num_steps = total_steps(config, len(data.train), position, start_step)
-  data_iterator = packed_iterator if config.packing else train_iterator(consumed)
+    state = _fresh_state(run, initial_params)
+    return _Start(0, state, 0, packed_iterator if config.packing else train_iterator(0),
+                  total_steps(config, len(data.train)))
+  step, state = restored
+  position = store.saved_position(step)
+  if position.batch_size != config.batch_size:
+    _LOG.info('batch size changed from %d to %d: continuing after example %d of the stream',
+              position.batch_size, config.batch_size, position.examples_consumed)
+  _LOG.info('resumed from %s at step %d', store.directory, step)
+  return _Start(step, state, position.examples_consumed,
+                packed_iterator if config.packing else train_iterator(position.examples_consumed),
+                total_steps(config, len(data.train), position, step))
 
+
+def _fresh_state(run: CompiledRun, initial_params: Any) -> step_lib.TrainState:
+  """Step 0: loaded (or seeded random) parameters and a new optimizer state, laid out on the
+  mesh; each piece created where it lives, loaded parameters passed as arguments."""
+  config, shardings = run.config, run.state_shardings
+  params = initial_params()
+  if params is None:
+    params = jax.jit(lambda: models.init_params(run.model, config.seed, config.max_seq_len),
+                     out_shardings=shardings.params)()
+  return jax.jit(functools.partial(_state_of, run.optimizer), out_shardings=shardings)(params)
+
+
+class _Reports:
+  """Step reports (loss, throughput, MFU) every ``--log_every_n`` steps, fetched in one go."""
+
+  def __init__(self, run: CompiledRun, sink: reporting.MetricsSink, bar: Any):
+    config, model = run.config, run.model
+    self._run, self._sink, self._bar = run, sink, bar
+    self._step_flops = perf.model_flops_per_step(
+        num_params=models.count_params(run.abstract_state.params),
+        num_layers=model.config.num_layers, num_heads=model.config.num_heads,
+        head_dim=model.config.head_dim, batch_size=config.batch_size,
+        seq_len=config.max_seq_len)
+    self._peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
+    self._pending: list[dict[str, jax.Array]] = []
+    self.restart_clock()
+
+  @property
+  def model_flops_per_step(self) -> float:
+    return self._step_flops
+
+  def restart_clock(self) -> None:
+    self._window_start, self.data_wait = time.perf_counter(), 0.0
+
+  def add(self, step: int, metrics: dict[str, jax.Array], *, last: bool) -> None:
+    self._pending.append(metrics)
+    if step % self._run.config.log_every_n and not last:
+      return
+    # The only host synchronisation of the step loop: once per report.
+    fetched, self._pending = jax.device_get(self._pending), []
+    elapsed = time.perf_counter() - self._window_start
+    step_time = elapsed / len(fetched)
+    report = {k: float(v) for k, v in fetched[-1].items()
+              if k not in ('num_target_tokens', 'num_examples')}
+    report['target_tokens_per_sec'] = sum(float(m['num_target_tokens']) for m in fetched) / elapsed
+    report['step_time_sec'] = step_time
+    report['data_wait_fraction'] = self.data_wait / elapsed
+    report['model_tflops_per_sec_per_device'] = (
+        self._step_flops / self._run.mesh.size / step_time / 1e12)
+    if self._peak:
+      report['mfu'] = report['model_tflops_per_sec_per_device'] / self._peak
+    self._sink.write(step, report)
+    self._bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
+                          tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)
+    self._bar.update(step - self._bar.n)
+    self.restart_clock()
+
+
+def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data: RunData,
+                store: checkpoint.RunCheckpoints, sink: reporting.MetricsSink,
+                is_main: bool) -> tuple[
+                    step_lib.TrainState, float | None, bool]:
+  """Steps from ``start`` to ``start.num_steps``: reports, evaluations and saves.
+
+  Returns the final state, the last evaluation loss and whether a stop signal ended the run.
+  """
+  config, mesh = run.config, run.mesh
+  state, data_iterator = start.state, start.data_iterator
+  process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
   eval_batches = pipeline.eval_dataset(
       data.eval, max_seq_len=config.max_seq_len, pad_id=tokenizer.pad_id,
       global_batch_size=config.eval_batch_size, process=process)
-  step_flops = perf.model_flops_per_step(
-      num_params=models.count_params(abstract_state.params), num_layers=model.config.num_layers,
-      num_heads=model.config.num_heads, head_dim=model.config.head_dim,
-      batch_size=config.batch_size, seq_len=config.max_seq_len)
-  peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
-
+  bar = reporting.progress_bar(initial=start.step, total=start.num_steps, enabled=is_main)
+  reports = _Reports(run, sink, bar)
   if is_main:
-    _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g model FLOPs per step',
-              num_steps, config.batch_size, config.grad_accum_steps, step_flops)
-  sink = reporting.MetricsSink(config.workdir, enabled=is_main)
-  bar = reporting.progress_bar(initial=start_step, total=num_steps, enabled=is_main)
+    _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g FLOPs per step in the '
+              'model (6 × parameters × tokens + attention)', start.num_steps, config.batch_size,
+              config.grad_accum_steps, reports.model_flops_per_step)
   eval_loss, best_eval_loss, preempted = None, None, False
-  window_start, data_wait = time.perf_counter(), 0.0
-  pending: list[dict[str, jax.Array]] = []
+  consumed, uncounted = start.examples_consumed, []
 
-  def save(step: int, *, metrics: dict[str, float] | None = None, force: bool = False) -> None:
-    store.save(step, state, data_iterator, config,
+  def save(step: int, *, metrics: dict[str, float] | None, force: bool) -> None:
+    nonlocal consumed, uncounted
+    if not (force or store.should_save(step)):
+      return
+    if uncounted:  # packed rows: the examples they held, counted on the devices
+      consumed += int(sum(jax.device_get(uncounted)))
+      uncounted = []
+    store.save(step, state, data_iterator if config.packing else None, config,
                checkpoint.DataPosition(consumed, config.batch_size, jax.process_count()),
-               metrics=metrics, force=force)
+               metrics=metrics, force=True)
 
   try:
     with _StopRequests() as stop:
-      for step in range(start_step + 1, num_steps + 1):
+      for step in range(start.step + 1, start.num_steps + 1):
         fetch_start = time.perf_counter()
         local = next(data_iterator)
-        data_wait += time.perf_counter() - fetch_start
-        state, metrics = train_fn(state, sharding.global_batch(local, mesh))
-        consumed += config.batch_size
-        pending.append(metrics)
-        if step % config.log_every_n == 0 or step == num_steps:
-          # The only host synchronisation of the step loop: once per report.
-          fetched = jax.device_get(pending)
-          pending = []
-          elapsed = time.perf_counter() - window_start
-          step_time = elapsed / len(fetched)
-          report = {k: float(v) for k, v in fetched[-1].items() if k != 'num_target_tokens'}
-          report['target_tokens_per_sec'] = sum(
-              float(m['num_target_tokens']) for m in fetched) / elapsed
-          report['step_time_sec'] = step_time
-          report['data_wait_fraction'] = data_wait / elapsed
-          report['model_tflops_per_sec_per_device'] = step_flops / mesh.size / step_time / 1e12
-          if peak:
-            report['mfu'] = report['model_tflops_per_sec_per_device'] / peak
-          sink.write(step, report)
-          bar.set_postfix(loss=f'{report["train_loss"]:.4f}',
-                          tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)
-          bar.update(step - bar.n)
-          window_start, data_wait = time.perf_counter(), 0.0
+        reports.data_wait += time.perf_counter() - fetch_start
+        state, metrics = run.train_fn(state, sharding.global_batch(local, mesh))
+        if config.packing:
+          uncounted.append(metrics['num_examples'])
+        else:
+          consumed += config.batch_size
+        last = step == start.num_steps
+        reports.add(step, metrics, last=last)
         eval_metrics = None
-        if step % config.eval_every_n == 0 or step == num_steps:
-          eval_metrics = evaluate(eval_fn, state.params, eval_batches, mesh)
+        if step % config.eval_every_n == 0 or last:
+          eval_metrics = evaluate(run.eval_fn, state.params, eval_batches, mesh)
           eval_loss = eval_metrics['eval_loss']
           sink.write(step, eval_metrics)
           if is_main:
             bar.write(f'step {step}: eval_loss {eval_loss:.4f}, '
                       f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
-          window_start = time.perf_counter()
+          reports.restart_clock()
         preempted = stop.signal_name is not None or (
             jax.process_count() > 1 and store.reached_preemption(step))
         # A new best evaluation is always saved, with its loss, so that it is kept.
@@ -493,7 +616,7 @@ def _train(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, dat
         if new_best:
           best_eval_loss = eval_loss
         save(step, metrics={'eval_loss': eval_loss} if eval_metrics else None,
-             force=step == num_steps or preempted or new_best)
+             force=last or preempted or new_best)
         if preempted:
           _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
                        'to resume', stop.signal_name or 'preemption notice', step)
@@ -501,19 +624,18 @@ def _train(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, dat
       store.wait_until_finished()
   finally:
     bar.close()
-    sink.close()
+  return state, eval_loss, preempted
 
-  translations = []
-  if config.num_translations and not preempted and jax.process_count() > 1:
-    _LOG.info('sample translations are skipped in multi-process runs')
-  elif config.num_translations and not preempted:
-    prompt_format = records.PromptFormat.from_template(config.prompt_template)
-    translator = Translator(model, state.params, tokenizer, prompt_format, config.max_new_tokens)
-    pairs = data.eval_pairs[: config.num_translations]
-    outputs = translator([src for src, _ in pairs])
-    translations = [(src, ref, out) for (src, ref), out in zip(pairs, outputs)]
-  return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
-                     translations=translations, preempted=preempted)
+
+def _sample_translations(run: CompiledRun, params: Any, tokenizer: GemmaTokenizer,
+                         data: RunData) -> list[tuple[str, str, str]]:
+  """(source, reference, output) of the first ``--num_translations`` validation pairs."""
+  config = run.config
+  prompt_format = records.PromptFormat.from_template(config.prompt_template)
+  translator = Translator(run.model, params, tokenizer, prompt_format, config.max_new_tokens)
+  pairs = data.eval_pairs[: config.num_translations]
+  outputs = translator([src for src, _ in pairs])
+  return [(src, ref, out) for (src, ref), out in zip(pairs, outputs)]
 
 
 def print_translations(result: TrainResult) -> None:

@@ -1,44 +1,82 @@
-"""Where a run reports: ``metrics.jsonl``, TensorBoard events and a progress bar (process 0)."""
+"""Where a run reports: ``metrics.jsonl``, TensorBoard (through clu) and a progress bar.
+
+Only process 0 writes. TensorBoard events go through clu's asynchronous writer, so a slow file
+system never holds up a step.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Mapping
 
 from clu import metric_writers
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 import tqdm
 
 
 class MetricsSink:
-  """Appends one JSON object per report to ``metrics.jsonl`` and writes TensorBoard scalars.
+  """Appends one JSON object per report to ``metrics.jsonl``; TensorBoard scalars and texts.
 
   Every process may create one; only the one with ``enabled=True`` (process 0) writes anything.
+  ``start_step``: the step the run (re)starts from; reports of later steps written before a
+  restart are dropped from ``metrics.jsonl`` by the caller and hidden in TensorBoard here.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool):
+  def __init__(self, workdir: str, *, enabled: bool, start_step: int = 0):
     self._enabled = enabled
     self._jsonl = None
-    self._tensorboard = None
+    self._writer = None
     if enabled:
+      logdir = os.path.join(workdir, 'tensorboard')
+      write_start_marker(logdir, start_step + 1)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-      self._tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Floats are written at full precision (``json`` keeps every digit of a float64)."""
     if not self._enabled:
       return
-    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
+    values = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
-    self._tensorboard.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+    self._writer.write_scalars(int(step), values)
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    """Markdown texts (e.g. sample translations) on TensorBoard's Text tab."""
+    if self._enabled:
+      self._writer.write_texts(int(step), dict(texts))
 
   def close(self) -> None:
     if self._enabled:
       self._jsonl.close()
-      self._tensorboard.flush()
-      self._tensorboard.close()
+      self._writer.close()  # waits for the queued writes
+
+
+def write_start_marker(logdir: str, step: int) -> str:
+  """An event file telling TensorBoard that the run (re)started at ``step``.
+
+  After the first such marker, TensorBoard drops the points of steps >= ``step`` read from
+  earlier files (its SessionLog.START purge), so steps redone after a resume are not shown
+  twice. The name sorts after the earlier runs' files and before the new writer's (in the same
+  second, ``0`` precedes any process id).
+  """
+  os.makedirs(logdir, exist_ok=True)
+  path = os.path.join(
+      logdir, f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.0.start')
+  with open(path, 'wb') as f:
+    writer = RecordWriter(f)
+    now = time.time()
+    for event in (event_pb2.Event(wall_time=now, file_version='brain.Event:2'),
+                  event_pb2.Event(wall_time=now, step=step, session_log=event_pb2.SessionLog(
+                      status=event_pb2.SessionLog.START))):
+      writer.write(event.SerializeToString())
+    writer.flush()
+  return path
 
 
 def progress_bar(*, initial: int, total: int, enabled: bool) -> tqdm.tqdm:

@@ -118,6 +118,14 @@ def summed_gradients(params: Params, batch: TrainingInput, *, model: Any, pad_id
   return grads, sums
 
 
+def num_examples(batch: TrainingInput) -> jax.Array:
+  """How many examples the batch holds: rows with a target, or segments of packed rows."""
+  if batch.segment_ids is None:
+    return jnp.sum(jnp.any(batch.target_mask, axis=-1), dtype=jnp.int32)
+  starts = (batch.positions == 0) & (batch.segment_ids > 0)
+  return jnp.sum(starts, dtype=jnp.int32)
+
+
 def train_step(
     state: TrainState,
     batch: TrainingInput,
@@ -144,6 +152,7 @@ def train_step(
       'train_loss': sums.loss_sum / num_tokens,
       'train_accuracy': sums.num_correct / num_tokens,
       'num_target_tokens': sums.num_tokens,
+      'num_examples': num_examples(batch),
       'grad_norm': optax.tree.norm(grads),
   }
   if learning_rate_fn is not None:
