@@ -69,7 +69,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     return step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   abstract = jax.eval_shape(init)
-  shardings = sharding.state_shardings(mesh, abstract)
+  shardings = sharding.state_shardings(mesh, abstract, optimizer)
   state = jax.jit(init, out_shardings=shardings)()
   rng = np.random.RandomState(0)
   tokens = rng.randint(4, spec.num_embed, size=(batch_size, seq_len)).astype(np.int32)

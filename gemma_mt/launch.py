@@ -1,4 +1,4 @@
-"""``python -m gemma_mt.launch --num_processes=P --cpu_devices_per_process=N -- <train flags>``.
+"""``python -m gemma_mt.launch --num_processes=P [--cpu_devices_per_process=N] -- <train flags>``.
 
 Runs a P-process training job on this machine, as a cluster scheduler would run it on P hosts:
 each process is ``python -m gemma_mt.train`` with JAX's own coordinator flags (process 0 serves
@@ -9,7 +9,6 @@ when one fails, the others are given ``--grace_seconds`` to stop on their own, t
 
 from __future__ import annotations
 
-import argparse
 import signal
 import socket
 import subprocess
@@ -17,6 +16,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+
+from absl import app
+from absl import flags
 
 
 def free_loopback_port() -> int:
@@ -44,7 +46,12 @@ def _pump(stream, out, prefix: str) -> None:
 
 def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_process: int = 0,
            grace_seconds: float = 60.0) -> int:
-  """Runs the job; returns 0 if all processes succeeded, else the first failure's status."""
+  """Runs the job; returns 0 if every process succeeded, else 1 (each failure is printed).
+
+  SIGTERM and SIGINT are passed on to every process as SIGTERM, JAX's preemption notice: they
+  agree on one step, save it and exit 0. (A Ctrl-C in a terminal also reaches the processes
+  directly, as SIGINT, which they turn into the same notice; a second Ctrl-C stops at once.)
+  """
   port = free_loopback_port()
   procs = []
   pumps = []
@@ -60,10 +67,10 @@ def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_pro
       pump.start()
       pumps.append(pump)
 
-  def forward(signum, _frame):
+  def forward(_signum, _frame):
     for proc in procs:
       if proc.poll() is None:
-        proc.send_signal(signum)
+        proc.send_signal(signal.SIGTERM)
 
   previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
@@ -86,28 +93,31 @@ def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_pro
     if status != 0:
       print(f'error: process {i} of {num_processes} exited with status {status}',
             file=sys.stderr)
-  return next((s for s in statuses if s != 0), 0) and 1
+  return 1 if any(statuses) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m gemma_mt.launch', description=__doc__.split(
-      '\n\n')[1], usage='%(prog)s --num_processes=P [--cpu_devices_per_process=N] -- FLAGS')
-  parser.add_argument('--num_processes', type=int, required=True)
-  parser.add_argument('--cpu_devices_per_process', type=int, default=0)
-  parser.add_argument('--grace_seconds', type=float, default=60.0,
-                      help='after one process fails, wait this long for the others')
-  parser.add_argument('train_args', nargs=argparse.REMAINDER,
-                      help='flags of python -m gemma_mt.train, after --')
-  args = parser.parse_args(argv)
-  train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
-  if args.num_processes < 1 or args.cpu_devices_per_process < 0:
-    print('error: --num_processes must be >= 1 and --cpu_devices_per_process >= 0',
-          file=sys.stderr)
-    return 2
-  return launch(train_args, num_processes=args.num_processes,
-                cpu_devices_per_process=args.cpu_devices_per_process,
-                grace_seconds=args.grace_seconds)
+def define_flags() -> None:
+  flags.DEFINE_integer('num_processes', None, 'Processes of the job (as if on that many hosts).',
+                       lower_bound=1)
+  flags.DEFINE_integer('cpu_devices_per_process', 0,
+                       'Simulated CPU devices per process (0: the real accelerators).',
+                       lower_bound=0)
+  flags.DEFINE_float('grace_seconds', 60.0,
+                     'After one process fails, wait this long for the others, then kill them.')
+  flags.mark_flag_as_required('num_processes')
+
+
+def main(argv: list[str]) -> int:
+  """``argv[1:]``: the flags of ``python -m gemma_mt.train``, after ``--``."""
+  return launch(argv[1:], num_processes=flags.FLAGS.num_processes,
+                cpu_devices_per_process=flags.FLAGS.cpu_devices_per_process,
+                grace_seconds=flags.FLAGS.grace_seconds)
+
+
+def run() -> None:
+  define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run()

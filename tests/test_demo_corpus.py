@@ -10,7 +10,7 @@ def _read(path):
 
 
 def test_shipped_assets_are_what_the_generator_writes(tmp_path):
-  demo_corpus.main(['--out_dir', str(tmp_path)])
+  demo_corpus.write_assets(tmp_path)
   for name in (demo_corpus.TRAIN_FILE, demo_corpus.VALID_FILE, demo_corpus.TOKENIZER_FILE):
     assert (tmp_path / name).read_bytes() == (demo_corpus.ASSETS_DIR / name).read_bytes(), name
 

@@ -114,11 +114,19 @@ def test_a_killed_process_ends_the_job_and_the_job_resumes(tmp_path):
   assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
 
 
-def test_sigterm_to_all_processes_saves_one_agreed_step(tmp_path):
+@pytest.mark.parametrize('target, sig', [('launcher', signal.SIGTERM),
+                                         ('process 1 only', signal.SIGINT)])
+def test_a_stop_signal_saves_one_agreed_step_and_exits_0(tmp_path, target, sig):
+  """SIGTERM to the launcher reaches every process; SIGINT (Ctrl-C) to a single process becomes
+  JAX's preemption notice, which the job shares: either way, one agreed step is saved."""
   proc = subprocess.Popen(_launch_command(tmp_path, 400), cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, 4, proc)
-  proc.send_signal(signal.SIGTERM)  # the launcher passes it to every process
+  if target == 'launcher':
+    proc.send_signal(sig)
+  else:
+    next(c for c in psutil.Process(proc.pid).children()
+         if '--process_id=1' in ' '.join(c.cmdline())).send_signal(sig)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 0, stderr[-3000:]
   lines = [l for l in stderr.splitlines() if 'stopping on' in l]
@@ -127,6 +135,14 @@ def test_sigterm_to_all_processes_saves_one_agreed_step(tmp_path):
   assert len(steps) == 1
   step = steps.pop()
   assert (tmp_path / 'checkpoints' / str(step)).is_dir() and step < 400
+
+
+def test_slurm_script_signals_the_python_processes():
+  script = (REPO / 'deploy' / 'slurm.sbatch').read_text()
+  directives = [l for l in script.splitlines() if l.startswith('#SBATCH --signal')]
+  # `B:` would signal only the batch shell; without it SLURM signals every job step's processes.
+  assert directives == ['#SBATCH --signal=TERM@120']
+  assert 'bash -c "exec .venv/bin/python -m gemma_mt.train' in script
 
 
 def test_cluster_detection_and_coordinator_flags():

@@ -63,10 +63,14 @@ def test_gradient_accumulation_equals_the_big_batch_step(tmp_path):
   np.testing.assert_allclose(accumulated, reference, rtol=1e-5)
 
 
+def _optimizer(optimizer_name: str):
+  return optimizer_lib.make_optimizer(TrainConfig(workdir='unused', optimizer=optimizer_name),
+                                      10)[0]
+
+
 def _abstract_state(optimizer_name: str):
-  config = TrainConfig(workdir='unused', optimizer=optimizer_name)
   model = models.get_model_spec('tiny').transformer(jnp.float32)
-  optimizer, _ = optimizer_lib.make_optimizer(config, 10)
+  optimizer = _optimizer(optimizer_name)
 
   def init():
     params = models.init_params(model, 0, 8)
@@ -79,7 +83,7 @@ def _abstract_state(optimizer_name: str):
 def test_fsdp_8_really_splits_parameters_and_optimizer_state(optimizer_name):
   mesh = sharding.make_mesh(MeshSpec.parse('fsdp:8'))
   init, abstract = _abstract_state(optimizer_name)
-  shardings = sharding.state_shardings(mesh, abstract)
+  shardings = sharding.state_shardings(mesh, abstract, _optimizer(optimizer_name))
   state = jax.jit(init, out_shardings=shardings)()
   large = 0
   for leaf in jax.tree.leaves(state.params):

@@ -6,7 +6,7 @@ from conftest import REPO, subprocess_env
 
 
 def _stats(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'gemma_mt.data.stats', *args], cwd=REPO,
+  return subprocess.run([sys.executable, '-m', 'gemma_mt.stats', *args], cwd=REPO,
                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
 
 

@@ -12,23 +12,26 @@ spelled out with gender (``une pomme``, ``deux pommes``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import pathlib
 import random
 
+from absl import app
+from absl import flags
+
+from gemma_mt.data import asset_paths
 from gemma_mt.data import records
 
 DEFAULT_SEED = 20261128
 DEFAULT_NUM_TRAIN = 24_000
 DEFAULT_NUM_VALID = 400
 DEFAULT_VOCAB_SIZE = 1024
-TRAIN_FILE = 'demo_en_fr.train.jsonl'
-VALID_FILE = 'demo_en_fr.valid.jsonl'
-TOKENIZER_FILE = 'demo_tokenizer.model'
-ASSETS_DIR = pathlib.Path(__file__).parent / 'assets'
+TRAIN_FILE = asset_paths.DEMO_TRAIN_FILE
+VALID_FILE = asset_paths.DEMO_VALID_FILE
+TOKENIZER_FILE = asset_paths.DEMO_TOKENIZER_FILE
+ASSETS_DIR = asset_paths.ASSETS_DIR
 
 _VOWELS = tuple('aeiouhâéèêîôû')
 
@@ -345,21 +348,28 @@ def train_tokenizer(pairs: list[tuple[str, str]], vocab_size: int = DEFAULT_VOCA
   return model.getvalue()
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out_dir', type=pathlib.Path, default=ASSETS_DIR)
-  parser.add_argument('--seed', type=int, default=DEFAULT_SEED)
-  parser.add_argument('--num_train', type=int, default=DEFAULT_NUM_TRAIN)
-  parser.add_argument('--num_valid', type=int, default=DEFAULT_NUM_VALID)
-  args = parser.parse_args(argv)
-  train, valid = generate_splits(args.seed, args.num_train, args.num_valid)
-  args.out_dir.mkdir(parents=True, exist_ok=True)
-  write_jsonl(train, args.out_dir / TRAIN_FILE)
-  write_jsonl(valid, args.out_dir / VALID_FILE)
-  (args.out_dir / TOKENIZER_FILE).write_bytes(train_tokenizer(train))
-  print(f'wrote {len(train)} train and {len(valid)} valid pairs and {TOKENIZER_FILE} '
-        f'to {args.out_dir}')
+def write_assets(out_dir: pathlib.Path = ASSETS_DIR, *, seed: int = DEFAULT_SEED,
+                 num_train: int = DEFAULT_NUM_TRAIN, num_valid: int = DEFAULT_NUM_VALID) -> str:
+  """Writes the train and valid splits and the tokenizer; returns a line saying so."""
+  train, valid = generate_splits(seed, num_train, num_valid)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  write_jsonl(train, out_dir / TRAIN_FILE)
+  write_jsonl(valid, out_dir / VALID_FILE)
+  (out_dir / TOKENIZER_FILE).write_bytes(train_tokenizer(train))
+  return f'wrote {len(train)} train and {len(valid)} valid pairs and {TOKENIZER_FILE} to {out_dir}'
+
+
+def _main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  print(write_assets(pathlib.Path(f.out_dir), seed=f.seed, num_train=f.num_train,
+                     num_valid=f.num_valid))
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_string('out_dir', str(ASSETS_DIR), 'Where to write the files.')
+  flags.DEFINE_integer('seed', DEFAULT_SEED, 'Seed of the generator.')
+  flags.DEFINE_integer('num_train', DEFAULT_NUM_TRAIN, 'Training pairs.')
+  flags.DEFINE_integer('num_valid', DEFAULT_NUM_VALID, 'Validation pairs.')
+  app.run(_main)

@@ -23,7 +23,7 @@ import json
 import os
 
 from gemma_mt import errors
-from gemma_mt.data import demo_corpus
+from gemma_mt.data import asset_paths
 
 Pair = tuple[str, str]
 DATASET_KINDS = ('demo', 'jsonl:PATH', 'tsv:PATH', 'tfds:NAME')
@@ -75,10 +75,10 @@ class DatasetSpec:
 
   def split_path(self, split: str) -> str:
     if self.kind == 'demo':
-      name = {'train': demo_corpus.TRAIN_FILE, 'valid': demo_corpus.VALID_FILE}.get(split)
+      name = {'train': asset_paths.DEMO_TRAIN_FILE, 'valid': asset_paths.DEMO_VALID_FILE}.get(split)
       if name is None:
         raise SourceError(f'--dataset=demo has no split {split!r}: use train or valid')
-      return str(demo_corpus.ASSETS_DIR / name)
+      return str(asset_paths.ASSETS_DIR / name)
     return self.path.replace('{split}', split)
 
 
@@ -136,8 +136,11 @@ def parse_mtnt_tsv(lines: list[str], quoting: str = 'csv') -> tuple[list[Pair], 
 def _read_tfds(spec: DatasetSpec, split: str) -> list[Pair]:
   from gemma_mt.data import tfds_source  # pylint: disable=import-outside-toplevel
 
-  return tfds_source.read_pairs(spec.path, split, data_dir=spec.tfds_data_dir,
-                                manual_dir=spec.tfds_manual_dir)
+  try:
+    return tfds_source.read_pairs(spec.path, split, data_dir=spec.tfds_data_dir,
+                                  manual_dir=spec.tfds_manual_dir)
+  except tfds_source.TfdsSourceError as e:
+    raise SourceError(str(e)) from None
 
 
 def read_pairs(spec: DatasetSpec, split: str) -> tuple[list[Pair], SourceStats]:

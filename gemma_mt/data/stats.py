@@ -1,20 +1,14 @@
 """What a split holds once tokenized: counts, drops, length percentiles, padding and packing fill.
 
-    python -m gemma_mt.data.stats --dataset=tsv:MTNT/{split}/{split}.en-fr.tsv --split=valid \
-        --max_seq_len=256 [--json]
+The command line is ``python -m gemma_mt.stats`` (it picks the tokenizer of a model).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 import numpy as np
 
-from gemma_mt import errors
-from gemma_mt.models import sources as model_sources
 from gemma_mt.data import pipeline
 from gemma_mt.data import records
 from gemma_mt.data import sources
@@ -26,7 +20,7 @@ PERCENTILES = (50, 90, 95, 99, 100)
 def split_stats(spec: sources.DatasetSpec, split: str, tokenizer: GemmaTokenizer, *,
                 max_seq_len: int, prompt_format: records.PromptFormat = records.PromptFormat(),
                 too_long: str = 'drop', batch_size: int = 32) -> dict[str, Any]:
-  """The numbers ``python -m gemma_mt.data.stats`` prints, as one dict."""
+  """The numbers ``python -m gemma_mt.stats`` prints, as one dict."""
   pairs, source_stats = sources.read_pairs(spec, split)
   everything, _ = pipeline.encode_examples(pairs, tokenizer, prompt_format, 1 << 30)
   kept, filter_stats = pipeline.encode_examples(pairs, tokenizer, prompt_format, max_seq_len,
@@ -82,47 +76,3 @@ def format_table(stats: dict[str, Any]) -> str:
     value = stats[key]
     lines.append(f'  {key:<20} {"n/a" if value is None else f"{value:.4f}"}')
   return '\n'.join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m gemma_mt.data.stats',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--dataset', default='demo', help='as --dataset of gemma_mt.train')
-  parser.add_argument('--split', default='train')
-  parser.add_argument('--max_seq_len', type=int, default=48)
-  parser.add_argument('--model', default='', help='whose tokenizer to use (default: tiny, or '
-                      'the model --ckpt holds)')
-  parser.add_argument('--ckpt', default='', help='as --ckpt of gemma_mt.train: its tokenizer')
-  parser.add_argument('--tokenizer', default='', help='a sentencepiece tokenizer.model')
-  parser.add_argument('--prompt_template', default='plain', choices=records.PROMPT_TEMPLATES)
-  parser.add_argument('--too_long', default='drop', choices=records.TOO_LONG_POLICIES)
-  parser.add_argument('--batch_size', type=int, default=32, help='rows per packed batch')
-  parser.add_argument('--tsv_quoting', default='csv', choices=sources.TSV_QUOTING)
-  parser.add_argument('--tfds_data_dir', default=None)
-  parser.add_argument('--tfds_manual_dir', default=None)
-  parser.add_argument('--json', action='store_true', help='print one JSON object')
-  args = parser.parse_args(argv)
-  try:
-    if args.max_seq_len <= 0 or args.batch_size <= 0:
-      raise errors.UserError('--max_seq_len and --batch_size must be positive')
-    run_model = model_sources.resolve_run_model(args.model or ('' if args.ckpt else 'tiny'),
-                                                args.ckpt, args.tokenizer, need_weights=False)
-    if not run_model.tokenizer_path:
-      raise errors.UserError(f'--model={args.model} brings no tokenizer: pass --ckpt or '
-                             '--tokenizer')
-    spec = sources.DatasetSpec.parse(args.dataset, tsv_quoting=args.tsv_quoting,
-                                     tfds_data_dir=args.tfds_data_dir,
-                                     tfds_manual_dir=args.tfds_manual_dir)
-    stats = split_stats(spec, args.split, GemmaTokenizer(run_model.tokenizer_path),
-                        max_seq_len=args.max_seq_len,
-                        prompt_format=records.PromptFormat.from_template(args.prompt_template),
-                        too_long=args.too_long, batch_size=args.batch_size)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(json.dumps(stats) if args.json else format_table(stats))
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

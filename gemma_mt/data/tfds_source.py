@@ -8,7 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-from gemma_mt.data.sources import Pair, SourceError
+from gemma_mt import errors
+
+
+class TfdsSourceError(errors.UserError):
+  """A TFDS data set that cannot be prepared or read; ``sources`` reports it as a SourceError."""
 
 # TFDS names this module knows how to prepare offline: name prefix → (download URL, archive name).
 OFFLINE_ARCHIVES = {
@@ -26,12 +30,12 @@ def _register_local_archive(name: str, manual_dir: str, data_dir: str) -> None:
 
   dataset = name.split('/')[0]
   if dataset not in OFFLINE_ARCHIVES:
-    raise SourceError(f'--tfds_manual_dir: no offline preparation known for {name}; '
+    raise TfdsSourceError(f'--tfds_manual_dir: no offline preparation known for {name}; '
                       f'known: {", ".join(OFFLINE_ARCHIVES)}')
   url, archive = OFFLINE_ARCHIVES[dataset]
   path = os.path.join(manual_dir, archive)
   if not os.path.isfile(path):
-    raise SourceError(f'--tfds_manual_dir={manual_dir} has no {archive}: put the archive there')
+    raise TfdsSourceError(f'--tfds_manual_dir={manual_dir} has no {archive}: put the archive there')
   digest = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
@@ -44,7 +48,7 @@ def _register_local_archive(name: str, manual_dir: str, data_dir: str) -> None:
 
 
 def read_pairs(name: str, split: str, *, data_dir: str | None = None,
-               manual_dir: str | None = None) -> list[Pair]:
+               manual_dir: str | None = None) -> list[tuple[str, str]]:
   """All ``(src, dst)`` pairs of ``split`` of the TFDS data set ``name`` (e.g. ``mtnt/en-fr``).
 
   Prepares the data set as array_record first if ``data_dir`` does not hold it yet.
@@ -54,7 +58,7 @@ def read_pairs(name: str, split: str, *, data_dir: str | None = None,
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-    raise SourceError(f'--dataset=tfds:{name}: {str(e).splitlines()[0]}') from None
+    raise TfdsSourceError(f'--dataset=tfds:{name}: {str(e).splitlines()[0]}') from None
   if not builder.is_prepared():
     download_config = None
     if manual_dir:
@@ -64,12 +68,12 @@ def read_pairs(name: str, split: str, *, data_dir: str | None = None,
       builder.download_and_prepare(download_config=download_config,
                                    file_format='array_record')
     except Exception as e:  # pylint: disable=broad-except  # network, checksum, archive errors
-      raise SourceError(
+      raise TfdsSourceError(
           f'--dataset=tfds:{name} could not be prepared in {builder.data_dir_root}: '
           f'{str(e).splitlines()[0] if str(e) else type(e).__name__}; offline, pass '
           '--tfds_manual_dir with the archive') from None
   if split not in builder.info.splits:
-    raise SourceError(f'--dataset=tfds:{name} has no split {split!r}: use one of '
+    raise TfdsSourceError(f'--dataset=tfds:{name} has no split {split!r}: use one of '
                       f'{", ".join(sorted(builder.info.splits))}')
   source = builder.as_data_source(split=split)
   return [(_text(source[i]['src']), _text(source[i]['dst'])) for i in range(len(source))]

@@ -13,12 +13,12 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
-from gemma_mt.data import demo_corpus
+from gemma_mt.data import asset_paths
 
 if TYPE_CHECKING:
   from gemma.gm.nn import Transformer, TransformerConfig
 
-DEMO_TOKENIZER = str(demo_corpus.ASSETS_DIR / demo_corpus.TOKENIZER_FILE)
+DEMO_TOKENIZER = str(asset_paths.DEMO_TOKENIZER)
 FAMILIES = ('demo', 'gemma', 'gemma2', 'gemma3')
 # Which --ckpt kinds can hold each family's weights.
 SOURCES_OF_FAMILY = {

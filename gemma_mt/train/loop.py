@@ -122,23 +122,35 @@ def _check_batch_sizes(config: TrainConfig, mesh: Any) -> None:
 
 
 class _StopRequests:
-  """SIGTERM / SIGINT → finish the current step, save, stop (one process; several processes
-  agree through JAX's preemption sync point instead)."""
+  """SIGTERM / SIGINT → finish the current step, save, stop; a second SIGINT stops at once.
+
+  One process handles both itself. In a job of several processes, SIGTERM is JAX's preemption
+  notice (all processes agree on one step through its sync point), and SIGINT is turned into
+  that notice, so that Ctrl-C saves an agreed step too.
+  """
 
   def __init__(self) -> None:
     self.signal_name: str | None = None
     self._previous: dict[int, Any] = {}
 
   def __enter__(self) -> _StopRequests:
-    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    if jax.process_count() == 1:
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
+    else:
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._notify_all)
     return self
 
   def _handle(self, signum: int, _frame: Any) -> None:
     self.signal_name = signal.Signals(signum).name
     # A second Ctrl-C stops at once.
     signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.SIG_DFL))
+
+  def _notify_all(self, _signum: int, _frame: Any) -> None:
+    signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.SIG_DFL))
+    os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier shares it with the job
 
   def __exit__(self, *_: Any) -> None:
     for sig, handler in self._previous.items():
@@ -220,7 +232,7 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
   optimizer, schedule = optimizer_lib.make_optimizer(config, num_steps)
   abstract_state = jax.eval_shape(lambda: _state_of(
       optimizer, models.init_params(model, config.seed, config.max_seq_len)))
-  state_shardings = sharding.state_shardings(mesh, abstract_state,
+  state_shardings = sharding.state_shardings(mesh, abstract_state, optimizer,
                                              rules=sharding.rules_for(model.config))
   abstract_state = sharding.with_shardings(abstract_state, state_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -619,7 +631,8 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
              force=last or preempted or new_best)
         if preempted:
           _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
-                       'to resume', stop.signal_name or 'preemption notice', step)
+                       'to resume', stop.signal_name or 'a preemption notice (SIGTERM or SIGINT)',
+                       step)
           break
       store.wait_until_finished()
   finally:

@@ -11,16 +11,16 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Sched
   """Linear warmup to ``learning_rate``, then constant, cosine or linear decay to 0 at the end."""
   peak = config.learning_rate
   warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-  decay_steps = max(total_steps - warmup, 1)
   if config.lr_schedule == 'constant':
-    after = optax.constant_schedule(peak)
-  elif config.lr_schedule == 'cosine':
-    after = optax.cosine_decay_schedule(peak, decay_steps)
-  else:
-    after = optax.linear_schedule(peak, 0.0, decay_steps)
+    # optax's warmup of 0 steps would stay at the initial value (0): no warmup, no join.
+    return (optax.warmup_constant_schedule(0.0, peak, warmup) if warmup
+            else optax.constant_schedule(peak))
+  if config.lr_schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+  decay = optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))
   if warmup == 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[

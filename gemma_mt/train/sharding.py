@@ -4,7 +4,8 @@ The rules are data: a parameter path pattern → one logical axis name per dimen
 logical axis → a mesh axis. FSDP shards the model dimension (``embed``) of every large parameter
 over ``fsdp``; tensor parallelism shards heads, the MLP hidden dimension and the vocabulary over
 ``tensor``. A dimension that does not divide by its mesh axis stays replicated (and says so in the
-log). Optimizer state follows the parameters; batches are split over ``data`` × ``fsdp``.
+log). Optimizer state follows the parameters (``optax.tree_map_params``); batches are split over
+``data`` × ``fsdp``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import jax
 from jax.experimental import mesh_utils
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gemma_mt.data.records import TrainingInput
 from gemma_mt.train.mesh_spec import MESH_AXES, MeshSpec
@@ -61,16 +63,28 @@ LOGICAL_TO_MESH: dict[str, str | None] = {
 
 
 def make_mesh(spec: MeshSpec = MeshSpec(), devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with the axes ``data``, ``fsdp``, ``tensor`` over ``devices`` (default: all)."""
+  """A mesh with the axes ``data``, ``fsdp``, ``tensor`` over ``devices`` (default: all).
+
+  Over all devices of several processes (hosts), ``data`` is split across the hosts first
+  (a hybrid mesh: only the gradient reduction crosses the slower network); ``fsdp`` and
+  ``tensor`` stay within a host when the sizes allow it.
+  """
+  all_devices = devices is None or len(devices) == len(jax.devices())
   devices = list(jax.devices() if devices is None else devices)
   sizes = spec.resolve(len(devices))
   shape = tuple(sizes[a] for a in MESH_AXES)
-  if len(devices) == len(jax.devices()):
+  hosts = jax.process_count()
+  if all_devices and hosts > 1 and sizes['data'] % hosts == 0:
+    per_host = (sizes['data'] // hosts, sizes['fsdp'], sizes['tensor'])
+    device_array = mesh_utils.create_hybrid_device_mesh(
+        per_host, (hosts, 1, 1), devices=devices, process_is_granule=True)
+    return Mesh(device_array, MESH_AXES)
+  if all_devices:
     # Orders devices so that `tensor` neighbours are close on the interconnect.
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
-  else:
-    device_array = np.asarray(devices).reshape(shape)
-  return Mesh(device_array, MESH_AXES)
+    # Auto axes: the compiler places intermediate values (jax.make_mesh's default is Explicit).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -118,27 +132,23 @@ def param_shardings(mesh: Mesh, abstract_params: Any, rules: Rules = PARAM_RULES
       abstract_params)
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any, params_field: str = 'params',
+def state_shardings(mesh: Mesh, abstract_state: Any, optimizer: optax.GradientTransformation,
                     rules: Rules = PARAM_RULES) -> Any:
-  """Shardings of a whole train state: parameters by the rules; optimizer state follows them.
+  """Shardings of a train state (``step``, ``params``, ``opt_state``).
 
-  An optimizer leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
-  moments) is sharded like it; other leaves (step counts, Adafactor's factored rows) replicate.
+  Parameters follow the rules. In the optimizer state, ``optax.tree_map_params`` finds the
+  copies of the parameter tree: a leaf with its parameter's shape (Adam's moments) is sharded
+  like it; others (Adafactor's factored rows, step counts) are replicated.
   """
-  params = getattr(abstract_state, params_field)
-  by_path = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    by_path[path_name(path)] = (leaf.shape, param_partition_spec(path_name(path), leaf.shape,
-                                                                  mesh, rules))
+  params = param_shardings(mesh, abstract_state.params, rules)
 
-  def leaf_sharding(path: Any, leaf: Any) -> NamedSharding:
-    name = path_name(path)
-    for param_name, (shape, spec) in by_path.items():
-      if (name == param_name or name.endswith('/' + param_name)) and leaf.shape == shape:
-        return NamedSharding(mesh, spec)
-    return replicated(mesh)
+  def like_param(leaf: Any, param: Any, param_sharding: NamedSharding) -> NamedSharding:
+    return param_sharding if leaf.shape == param.shape else replicated(mesh)
 
-  return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+  opt_state = optax.tree_map_params(
+      optimizer, like_param, abstract_state.opt_state, abstract_state.params, params,
+      transform_non_params=lambda _: replicated(mesh))
+  return abstract_state.replace(step=replicated(mesh), params=params, opt_state=opt_state)
 
 
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
