@@ -24,8 +24,10 @@ def test_translations_stop_at_eos(demo_tokenizer):
       embedding.mean(0) * 0 + 50.0)
   translator = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=8)
   assert translator(['The cat.', 'I see two dogs.']) == ['', '']
-  # Without the push to EOS, text comes out of the full budget of tokens and decodes cleanly.
-  plain = Translator(model, models.init_params(model, 0, 8), demo_tokenizer, PromptFormat(), 8)
-  out = plain(['The cat.'])
-  assert len(out) == 1 and isinstance(out[0], str)
-  np.testing.assert_equal('<eos>' in out[0], False)
+  # A model pushed to one word instead never stops: exactly the budget of 8 tokens, decoded.
+  word = demo_tokenizer.piece_id('▁chat')
+  params = models.init_params(model, 0, 8)
+  params['embedder']['input_embedding'] = embedding.at[word].set(embedding.mean(0) * 0 + 50.0)
+  chatty = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=8)
+  out = chatty(['The cat.', 'I see two dogs.'])
+  assert out == [' '.join(['chat'] * 8)] * 2, out
