@@ -107,7 +107,8 @@ def main() -> None:
   base = results['tf.data (tutorial)'][0]
   print(f'{len(pairs)} examples (shared MTNT valid × {args.copies}), max_seq_len '
         f'{args.max_seq_len}, batch {args.batch_size}, best of {args.repeats}; '
-        f'identical records: {same}')
+        f'same records (each epoch a same-size sub-multiset of the kept ones): {same}')
+  print()
   print('| pipeline | one epoch (s) | examples/s | speed-up |')
   print('|---|---|---|---|')
   for name, (seconds, batches) in results.items():

@@ -74,6 +74,8 @@ def test_other_model_in_workdir_is_refused(uninterrupted):
   # Another optimizer's state has another structure: refused, nothing renamed or overwritten.
   with pytest.raises(CheckpointError, match='train state of another shape'):
     loop.train_and_evaluate(_config(workdir, optimizer='sgd', max_steps=16))
+  with pytest.raises(CheckpointError, match='train state of another shape'):
+    loop.train_and_evaluate(_config(workdir, grad_clip_norm=0.0, max_steps=16))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
 
 
