@@ -4,7 +4,7 @@
 
 Measures wall time of ``python -m gemma_mt.train --flagfile=configs/demo.flags`` (start-up,
 compilation, training, evaluation, translation), the first and last evaluation loss, and how many
-held-out sentences are translated exactly.
+held-out sentences are translated exactly, and the validation BLEU and chrF++ the run logs.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [(m['step'], m['eval_loss'], m['eval_accuracy']) for m in metrics if 'eval_loss' in m]
+  scores = [m for m in metrics if 'eval_bleu' in m]
   trains = [m for m in metrics if 'train_loss' in m]
   exact = len(re.findall(r'^  =  ', done.stdout, flags=re.MULTILINE))
   wait = sum(m['data_wait_fraction'] for m in trains) / len(trains)
@@ -48,6 +49,8 @@ def main() -> None:
       ('last / first eval loss', f'{evals[-1][1] / evals[0][1]:.3f}'),
       ('last eval token accuracy', f'{evals[-1][2]:.4f}'),
       ('exact translations', f'{exact}/{args.num_translations}'),
+      *((f'validation BLEU (step {m["step"]})', f'{m["eval_bleu"]:.2f}') for m in scores),
+      (f'validation chrF++ (step {scores[-1]["step"]})', f'{scores[-1]["eval_chrf"]:.2f}'),
       ('mean data wait / step time', f'{wait:.4f}'),
       ('target tokens/s (last report)', f'{trains[-1]["target_tokens_per_sec"]:.0f}'),
   ]

@@ -23,7 +23,9 @@ _EXPORTS = {
     'GemmaTokenizer': 'gemma_mt.data.tokenizer',
     'TrainingInput': 'gemma_mt.data.records',
     'PromptFormat': 'gemma_mt.data.records',
-    'Translator': 'gemma_mt.translate',
+    'Translator': 'gemma_mt.decoding',
+    'corpus_scores': 'gemma_mt.quality',
+    'QualityScores': 'gemma_mt.quality',
     'UserError': 'gemma_mt.errors',
 }
 

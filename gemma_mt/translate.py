@@ -1,74 +1,110 @@
-"""Translating with a trained model: greedy decoding that stops at end-of-sequence.
+"""``python -m gemma_mt.translate``: English lines in, one French line out per line, in order.
 
-Decoding is gemma's own ``gm.text.Sampler`` (prefill, KV cache, stop tokens), fed with the run's
-tokenizer and prompt format.
+    python -m gemma_mt.translate --workdir=runs/demo [--step=N] [--input=FILE] [--output=FILE]
+    python -m gemma_mt.translate --ckpt=gguf:gemma3-270m < english.txt
+
+Input is standard input unless ``--input``; output standard output unless ``--output``; a progress
+bar goes to standard error. An empty line gives an empty line; a line longer than the context
+is translated from its truncated start (one warning counts them).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Sequence
-from typing import Any
+import os
+import sys
 
-from gemma_mt.data.records import PromptFormat
-from gemma_mt.data.tokenizer import GemmaTokenizer
+# Before anything can import TensorFlow: keep its C++ start-up chatter out of the terminal.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-def gemma_text_tokenizer(tokenizer: GemmaTokenizer) -> Any:
-  """A ``gm.text.Tokenizer`` over the same sentencepiece file, with its special ids.
-
-  Dialog turn markers missing from the vocabulary fall back to EOS, so they stop decoding too.
-  """
-  from gemma import gm  # pylint: disable=import-outside-toplevel
-
-  eos = tokenizer.eos_id
-  special = gm.text.SpecialTokens(
-      'SpecialTokens',
-      {
-          'PAD': tokenizer.pad_id,
-          'EOS': eos,
-          'BOS': tokenizer.bos_id,
-          'UNK': tokenizer.piece_id('<unk>') or 3,
-          'MASK': tokenizer.piece_id('<mask>') or eos,
-          'START_OF_TURN': tokenizer.piece_id('<start_of_turn>') or eos,
-          'END_OF_TURN': tokenizer.piece_id('<end_of_turn>') or eos,
-          'BEGIN_OF_TOOL_RESPONSE': eos,
-      },
-  )
-
-  @dataclasses.dataclass(frozen=True, kw_only=True)
-  class _Tokenizer(gm.text.Tokenizer):
-    special_tokens = special
-
-  return _Tokenizer(path=tokenizer.path)
+from gemma_mt import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gemma_mt.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-@dataclasses.dataclass(frozen=True)
-class Translator:
-  """Greedy translations of source sentences by ``model`` with ``params``."""
+def define_model_flags() -> None:
+  """Where the model comes from (shared with ``gemma_mt.evaluate``)."""
+  flags.DEFINE_string('workdir', '', 'A training run: translate with its checkpoint.')
+  flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
+  flags.DEFINE_string('ckpt', '', 'Or a released model as it is (as --ckpt of gemma_mt.train).')
+  flags.DEFINE_string('model', '', 'With --ckpt: the model name, if the source does not say.')
+  flags.DEFINE_string('tokenizer', '', 'With --ckpt: a tokenizer.model, if not beside it.')
+  flags.DEFINE_string('prompt_template', '', 'With --ckpt: plain or gemma_chat (default: '
+                      'gemma_chat for instruction-tuned models, plain otherwise).')
+  flags.DEFINE_integer('batch_size', 32, 'Sentences decoded together.', lower_bound=1)
+  flags.DEFINE_integer('max_new_tokens', 128, 'The most tokens generated per sentence.',
+                       lower_bound=1)
+  flags.DEFINE_enum('sampling', 'greedy', ('greedy', 'random', 'top_k', 'top_p'),
+                    'Decoding: greedy, or sampling at --temperature (top_k: --top_k, top_p: '
+                    '--top_p) seeded by --seed.')
+  flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
+  flags.DEFINE_integer('top_k', 40, 'With --sampling=top_k.')
+  flags.DEFINE_float('top_p', 0.9, 'With --sampling=top_p.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the sampling methods.')
 
-  model: Any
-  params: Any
-  tokenizer: GemmaTokenizer
-  prompt_format: PromptFormat
-  max_new_tokens: int = 64
 
-  @functools.cached_property
-  def _sampler(self) -> Any:
-    from gemma import gm  # pylint: disable=import-outside-toplevel
+def model_from_flags() -> object:
+  """The InferenceModel that ``--workdir``/``--step`` or ``--ckpt`` name."""
+  from gemma_mt import inference  # pylint: disable=import-outside-toplevel
 
-    return gm.text.Sampler(
-        model=self.model,
-        params=self.params,
-        tokenizer=gemma_text_tokenizer(self.tokenizer),
-        cache_length=512,
-        max_out_length=self.max_new_tokens,
-        pad_length=None,
-    )
+  f = flags.FLAGS
+  if bool(f.workdir) == bool(f.ckpt):
+    raise errors.UserError('pass either --workdir (a training run) or --ckpt (a released model)')
+  if f.workdir:
+    return inference.from_workdir(f.workdir, f.step)
+  if f.prompt_template and f.prompt_template not in records.PROMPT_TEMPLATES:
+    raise errors.UserError(f'--prompt_template={f.prompt_template!r}: use one of '
+                           f'{", ".join(records.PROMPT_TEMPLATES)}')
+  return inference.from_source(f.ckpt, f.model, f.tokenizer, f.prompt_template)
 
-  def __call__(self, sources: Sequence[str]) -> list[str]:
-    """One translation per source, cut at EOS (or at ``max_new_tokens``)."""
-    prompts = [self.prompt_format.render(s) for s in sources]
-    outputs = self._sampler.sample(prompts, max_new_tokens=self.max_new_tokens, rng=0)
-    return [o.strip() for o in outputs]
+
+def translator_from_flags(loaded) -> object:
+  from gemma_mt import decoding  # pylint: disable=import-outside-toplevel
+
+  f = flags.FLAGS
+  return decoding.Translator(
+      loaded.model, loaded.params, loaded.tokenizer, loaded.prompt_format,
+      max_new_tokens=f.max_new_tokens, batch_size=f.batch_size, sampling=f.sampling,
+      temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  try:
+    if f.input != '-' and not os.path.isfile(f.input):
+      raise errors.UserError(f'--input={f.input} does not exist: pass a text file, one '
+                             'sentence per line (or - for standard input)')
+    loaded = model_from_flags()
+    translator = translator_from_flags(loaded)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  import tqdm  # pylint: disable=import-outside-toplevel
+
+  with (sys.stdin if f.input == '-' else open(f.input, encoding='utf-8')) as source:
+    lines = [line.rstrip('\n').rstrip('\r') for line in source]
+  with tqdm.tqdm(total=len(lines), unit='line', file=sys.stderr, dynamic_ncols=True) as bar:
+    result = translator.translate(lines, on_batch=bar.update)
+  if result.truncated:
+    print(f'warning: {result.truncated} of {len(lines)} lines were longer than the context and '
+          'were translated from their truncated start', file=sys.stderr)
+  text = ''.join(out.replace('\n', ' ') + '\n' for out in result.outputs)
+  if f.output == '-':
+    sys.stdout.write(text)
+  else:
+    with open(f.output, 'w', encoding='utf-8') as out:
+      out.write(text)
+
+
+def run() -> None:
+  define_model_flags()
+  flags.DEFINE_string('input', '-', 'English text, one sentence per line (-: standard input).')
+  flags.DEFINE_string('output', '-', 'Where the French lines go (-: standard output).')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

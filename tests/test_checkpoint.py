@@ -21,7 +21,8 @@ from gemma_mt.train import checkpoint, loop
 from gemma_mt.train.config import TrainConfig
 
 FLAGS = ['--max_steps=24', '--batch_size=16', '--save_every_n=6', '--log_every_n=1',
-         '--eval_every_n=12', '--num_translations=0', '--warmup_steps=4']
+         '--eval_every_n=12', '--num_translations=0', '--bleu_examples=0',
+         '--warmup_steps=4']
 
 
 def _command(workdir) -> list[str]:
@@ -136,7 +137,7 @@ def _config(workdir, **overrides) -> TrainConfig:
   # A constant rate: runs stopped early by a smaller --max_steps follow the same schedule.
   values = dict(workdir=str(workdir), max_steps=12, batch_size=16, eval_batch_size=16,
                 eval_every_n=12, save_every_n=4, log_every_n=1, num_translations=0,
-                warmup_steps=0, lr_schedule='constant')
+                bleu_examples=0, warmup_steps=0, lr_schedule='constant')
   values.update(overrides)
   return TrainConfig(**values)
 
@@ -227,6 +228,17 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   best = min(evals, key=evals.get)
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
   assert kept == sorted({best, 16})
+  # --best_metric=bleu keeps the checkpoint of the highest BLEU instead.
+  workdir = tmp_path / 'bleu'
+  loop.train_and_evaluate(_config(workdir, max_steps=16, eval_every_n=4, save_every_n=4,
+                                  keep_checkpoints=1, learning_rate=0.5, grad_clip_norm=0.0,
+                                  best_metric='bleu', bleu_examples=32, max_new_tokens=16))
+  bleus = {m['step']: m['eval_bleu'] for m in map(
+      json.loads, (workdir / 'metrics.jsonl').read_text().splitlines()) if 'eval_bleu' in m}
+  assert sorted(bleus) == [4, 8, 12, 16]
+  best = max(bleus, key=bleus.get)
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
+  assert kept == sorted({best, 16})
 
 
 def test_init_from_takes_parameters_only(tmp_path):
@@ -302,7 +314,7 @@ def test_full_disk_stops_with_one_line_and_keeps_earlier_checkpoints(tiny_disk):
   done = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', '--max_steps=20',
        '--save_every_n=2', '--keep_checkpoints=10', '--batch_size=8', '--eval_every_n=100',
-       '--num_translations=0'],
+       '--num_translations=0', '--bleu_examples=0'],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert done.returncode == 2
   # Orbax's background threads log the failure too; their lines may interleave with ours.

@@ -31,6 +31,12 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   assert [e.step for e in events.Tensors('eval_loss')] == [40, 80, 120, 160]
   texts = events.Tensors('translations')  # the sample translations, as TensorBoard text
   assert len(texts) == 1 and texts[0].tensor_proto.string_val[0].decode().count('en: ') == 3
+  # BLEU and chrF++ of the validation split (--bleu_every_n=800 in the flagfile: the end only).
+  scored = [m for m in metrics if 'eval_bleu' in m]
+  assert [m['step'] for m in scored] == [160] and 0 < scored[0]['eval_chrf'] <= 100
+  assert [e.step for e in events.Tensors('eval_bleu')] == [160]
+  assert events.Tensors('eval_translations')
+  assert 'validation BLEU' in done.stdout and 'chrF++' in done.stdout
   # Every new best evaluation (40, 80, 120, 160 here) is saved too; the last two are kept.
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '160']
   assert 'translations of held-out sentences:' in done.stdout
@@ -38,7 +44,8 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   assert 'step/s' in done.stderr  # the progress bar
   # Running the same command again resumes at the end: nothing more to train.
   again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
-                 '--eval_every_n=40', '--save_every_n=80', '--num_translations=0')
+                 '--eval_every_n=40', '--save_every_n=80', '--num_translations=0',
+                 '--bleu_examples=0')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from' in again.stderr
   assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(metrics)

@@ -16,7 +16,7 @@ from gemma_mt.train.config import ConfigError, TrainConfig
 def _config(workdir, **overrides) -> TrainConfig:
   values = dict(workdir=str(workdir), max_steps=12, batch_size=16, eval_batch_size=64,
                 eval_every_n=6, save_every_n=4, log_every_n=2, lr_schedule='constant',
-                warmup_steps=0, num_translations=0)
+                warmup_steps=0, num_translations=0, bleu_examples=0)
   values.update(overrides)
   return TrainConfig(**values)
 

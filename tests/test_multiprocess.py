@@ -15,7 +15,8 @@ from conftest import REPO, subprocess_env
 
 # A constant rate so that a run stopped by a smaller --max_steps follows the same schedule.
 FLAGS = ['--batch_size=16', '--eval_batch_size=16', '--log_every_n=1', '--eval_every_n=100',
-         '--save_every_n=3', '--num_translations=0', '--lr_schedule=constant',
+         '--save_every_n=3', '--num_translations=0', '--bleu_examples=0',
+         '--lr_schedule=constant',
          '--warmup_steps=0']
 
 

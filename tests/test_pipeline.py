@@ -27,11 +27,17 @@ def test_encode_examples_filters_and_counts(demo_tokenizer):
   assert (stats.examples, stats.kept, stats.dropped_empty, stats.dropped_too_long) == (4, 1, 2, 1)
   assert kept[0].prompt_ids[0] == demo_tokenizer.bos_id
   assert kept[0].target_ids[-1] == demo_tokenizer.eos_id
-  # The long source still fits alone; truncation cuts its target and keeps EOS.
+  # The long source still fits alone; truncation cuts its target, with no end token after it.
   pairs = [('The dog.', 'Le chien ' * 20)]
   kept, stats = pipeline.encode_examples(pairs, demo_tokenizer, prompt_format, 32, 'truncate')
   assert stats.truncated == 1 and len(kept[0].prompt_ids) + len(kept[0].target_ids) == 32
-  assert kept[0].target_ids[-1] == demo_tokenizer.eos_id
+  assert demo_tokenizer.eos_id not in kept[0].target_ids
+  # Gemma's dialog turns: targets end with <end_of_turn>, as instruction-tuned Gemma's turns do.
+  chat = records.PromptFormat.from_template('gemma_chat')
+  kept, _ = pipeline.encode_examples([('The cat.', 'Le chat.')], demo_tokenizer, chat, 48)
+  end_of_turn = demo_tokenizer.piece_id('<end_of_turn>')
+  assert end_of_turn is not None and kept[0].target_ids[-1] == end_of_turn
+  assert demo_tokenizer.eos_id not in kept[0].target_ids
 
 
 def test_each_epoch_is_a_new_permutation_without_remainder():

@@ -410,7 +410,7 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   resolved, params, model = gemma3
   flags = dict(dataset=mtnt_splits, tsv_quoting='none', batch_size=4, eval_batch_size=8,
                max_seq_len=48, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0,
-               log_every_n=1, save_every_n=100, num_translations=0)
+               log_every_n=1, save_every_n=100, num_translations=0, bleu_examples=0)
   cli = tmp_path / 'cli'
   done = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',

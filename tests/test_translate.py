@@ -1,9 +1,10 @@
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gemma_mt import models
 from gemma_mt.data.records import PromptFormat
-from gemma_mt.translate import Translator, gemma_text_tokenizer
+from gemma_mt.decoding import Translator, gemma_text_tokenizer
 
 
 def test_gemma_sampler_tokenizer_has_the_same_ids(demo_tokenizer):
@@ -31,3 +32,120 @@ def test_translations_stop_at_eos(demo_tokenizer):
   chatty = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=8)
   out = chatty(['The cat.', 'I see two dogs.'])
   assert out == [' '.join(['chat'] * 8)] * 2, out
+
+
+def _pushed_to(model, piece_id):
+  """Parameters whose every next token is ``piece_id``."""
+  params = models.init_params(model, 0, 8)
+  embedding = params['embedder']['input_embedding']
+  params['embedder']['input_embedding'] = embedding.at[piece_id].set(embedding.mean(0) * 0 + 50.0)
+  return params
+
+
+def test_decoding_stops_at_end_of_turn_too(demo_tokenizer):
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  end_of_turn = demo_tokenizer.piece_id('<end_of_turn>')
+  translator = Translator(model, _pushed_to(model, end_of_turn), demo_tokenizer,
+                          PromptFormat.from_template('gemma_chat'), max_new_tokens=8)
+  assert translator(['The cat.', 'I see two dogs.']) == ['', '']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A short demo run: a model whose translations differ from sentence to sentence."""
+  from gemma_mt.train import loop
+  from gemma_mt.train.config import TrainConfig
+  workdir = tmp_path_factory.mktemp('trained')
+  result = loop.train_and_evaluate(TrainConfig(
+      workdir=str(workdir), max_steps=150, eval_every_n=150, save_every_n=150, log_every_n=50,
+      num_translations=0, bleu_examples=0))
+  return workdir, result
+
+
+def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, trained):
+  from gemma_mt.data import sources
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  params = trained[1].state.params
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  # Lengths that differ in one batch, an empty line, and a source longer than the prompt room.
+  sources_ = [s for s, _ in pairs[:9]] + ['', 'The cat. ' * 60]
+  batched = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=12,
+                       batch_size=4, max_prompt_tokens=64)
+  result = batched.translate(sources_)
+  one_by_one = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=12,
+                          batch_size=1, max_prompt_tokens=64)
+  assert result.outputs == [one_by_one([s])[0] for s in sources_]
+  assert result.outputs[9] == '' and result.truncated == 1
+  assert len(set(result.outputs[:9])) > 1  # not one output for all: order is kept, not luck
+
+
+def test_sampling_is_seeded(demo_tokenizer):
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  params = models.init_params(model, 0, 8)
+
+  def sample(seed):
+    return Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
+                      sampling='top_p', temperature=1.5, seed=seed)(['The cat.', 'The dog.'])
+
+  assert sample(3) == sample(3)
+  assert sample(3) != sample(4)
+
+
+def _cli(module: str, *args: str, stdin: str | None = None):
+  import subprocess
+  import sys
+  from conftest import REPO, subprocess_env
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
+                        input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
+    demo_tokenizer, trained, tmp_path):
+  workdir, result = trained
+  lines = ['The student bought the pretty oranges.', '', 'I will not find the flowers.',
+           'The cat. ' * 200, 'He will find eleven tired dogs.']
+  (tmp_path / 'en.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  done = _cli('gemma_mt.translate', f'--workdir={workdir}', f'--input={tmp_path / "en.txt"}',
+              f'--output={tmp_path / "fr.txt"}', '--max_new_tokens=48', '--batch_size=2')
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = (tmp_path / 'fr.txt').read_text(encoding='utf-8').split('\n')
+  assert len(out) == len(lines) + 1 and out[-1] == ''  # one line per input line
+  assert out[1] == '' and all(out[i] for i in (0, 2, 3, 4))
+  assert 'warning: 1 of 5 lines were longer than the context' in done.stderr
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  library = Translator(model, result.state.params, demo_tokenizer, PromptFormat(),
+                       max_new_tokens=48)
+  assert out[:5] == library(lines)
+  # Standard input to standard output works the same.
+  piped = _cli('gemma_mt.translate', f'--workdir={workdir}', '--max_new_tokens=48',
+               stdin='I will not find the flowers.\n')
+  assert piped.returncode == 0 and piped.stdout == out[2] + '\n'
+
+
+def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_path):
+  workdir, _ = trained
+  done = _cli('gemma_mt.translate', f'--workdir={tmp_path}', stdin='The cat.\n')
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      f'error: --workdir={tmp_path} holds no checkpoint')
+  done = _cli('gemma_mt.translate', f'--workdir={workdir}', '--step=7', stdin='The cat.\n')
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1] == (
+      f'error: --step=7: {workdir} has checkpoints at steps 150')
+
+
+def test_evaluate_cli_json_and_tsv(trained, tmp_path):
+  import json
+  from gemma_mt import quality
+  workdir, _ = trained
+  done = _cli('gemma_mt.evaluate', f'--workdir={workdir}', '--dataset=demo', '--split=valid',
+              '--limit=40', '--json', f'--output={tmp_path / "valid.tsv"}')
+  assert done.returncode == 0, done.stderr[-3000:]
+  scores = json.loads(done.stdout)
+  assert {'bleu', 'chrf', 'num_examples', 'signature'} <= set(scores)
+  assert scores['num_examples'] == 40 and 0 < scores['bleu'] < 100
+  rows = [l.split('\t') for l in (tmp_path / 'valid.tsv').read_text().splitlines()]
+  assert rows[0] == ['source', 'reference', 'hypothesis'] and len(rows) == 41
+  again = quality.corpus_scores([r[2] for r in rows[1:]], [r[1] for r in rows[1:]])
+  assert again.bleu == pytest.approx(scores['bleu']) and again.chrf == pytest.approx(scores['chrf'])
+  assert scores['signature']['bleu'] == again.bleu_signature

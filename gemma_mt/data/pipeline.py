@@ -20,7 +20,8 @@ from gemma_mt.data.tokenizer import GemmaTokenizer
 
 @dataclasses.dataclass(frozen=True)
 class EncodedExample:
-  """One pair as token ids: ``prompt_ids[p]`` (BOS first) and ``target_ids[t]`` (EOS last)."""
+  """One pair as token ids: ``prompt_ids[p]`` (BOS first) and ``target_ids[t]`` (EOS or
+  ``<end_of_turn>`` last, unless truncated)."""
 
   prompt_ids: np.ndarray
   target_ids: np.ndarray
@@ -54,24 +55,25 @@ def encode_examples(
 ) -> tuple[list[EncodedExample], FilterStats]:
   """Tokenizes pairs and applies the length rule; returns kept examples in order and counts.
 
-  ``too_long='drop'`` drops an example whose prompt + target exceeds ``max_seq_len`` (the
-  tutorial's rule); ``'truncate'`` cuts the target (keeping its EOS) when the prompt fits.
-  Empty sources or targets are always dropped.
+  Targets end with ``prompt_format``'s end token (EOS, or ``<end_of_turn>`` for Gemma's dialog
+  turns). ``too_long='drop'`` drops an example whose prompt + target exceeds ``max_seq_len`` (the
+  tutorial's rule); ``'truncate'`` cuts the target when the prompt fits, without an end token
+  (the sentence did not end there). Empty sources or targets are always dropped.
   """
   if too_long not in records.TOO_LONG_POLICIES:
     raise ValueError(f'too_long={too_long!r}: use one of {records.TOO_LONG_POLICIES}')
   non_empty = [(s, t) for s, t in pairs if s.strip() and t.strip()]
   prompts = tokenizer.encode_batch(
       [s for s, _ in non_empty], prompt_format.prefix, prompt_format.suffix, add_bos=True)
-  targets = tokenizer.encode_batch([t for _, t in non_empty], add_eos=True)
+  end = np.asarray([prompt_format.end_of_target_id(tokenizer)], dtype=np.int32)
+  targets = tokenizer.encode_batch([t for _, t in non_empty])
   kept, too_long_count, truncated = [], 0, 0
-  for prompt_ids, target_ids in zip(prompts, targets):
+  for prompt_ids, text_ids in zip(prompts, targets):
     room = max_seq_len - len(prompt_ids)
-    if len(target_ids) <= room:
-      kept.append(EncodedExample(prompt_ids, target_ids))
-    elif too_long == 'truncate' and room >= 2:
-      cut = np.concatenate([target_ids[: room - 1], target_ids[-1:]])
-      kept.append(EncodedExample(prompt_ids, cut))
+    if len(text_ids) + 1 <= room:
+      kept.append(EncodedExample(prompt_ids, np.concatenate([text_ids, end])))
+    elif too_long == 'truncate' and room >= 1:
+      kept.append(EncodedExample(prompt_ids, text_ids[:room]))
       truncated += 1
     else:
       too_long_count += 1

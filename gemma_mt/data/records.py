@@ -8,7 +8,7 @@ between prompt and target.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class TrainingInput(NamedTuple):
 
   Attributes:
     input_tokens: ``int32[..., L]`` token ids, BOS first, padded with the pad id.
-    target_mask: ``bool[..., L]`` True where the token is part of the target (target + EOS);
+    target_mask: ``bool[..., L]`` True where the token is part of the target (with its end token);
       the loss predicts exactly these tokens.
     segment_ids: packed rows only: ``int32[..., L]`` 1, 2, … for the examples in the row, 0 for
       padding; attention stays inside a segment.
@@ -36,10 +36,12 @@ class TrainingInput(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class PromptFormat:
-  """How a source sentence becomes a prompt: ``prefix + source + suffix``."""
+  """How a source sentence becomes a prompt: ``prefix + source + suffix``; and the token that
+  ends a target (``end_of_target``: a piece, or empty for EOS)."""
 
   prefix: str = DEFAULT_PREFIX
   suffix: str = DEFAULT_SUFFIX
+  end_of_target: str = ''
 
   @classmethod
   def from_template(cls, template: str, target_language: str = 'French') -> PromptFormat:
@@ -47,25 +49,37 @@ class PromptFormat:
     if template == 'plain':
       return cls(prefix=f'Translate this into {target_language}:\n', suffix='\n')
     if template == 'gemma_chat':
+      # Instruction-tuned Gemma ends its turn with <end_of_turn>, not EOS: targets do too.
       return cls(
           prefix=f'<start_of_turn>user\nTranslate this into {target_language}:\n',
           suffix='<end_of_turn>\n<start_of_turn>model\n',
+          end_of_target='<end_of_turn>',
       )
     raise ValueError(f'unknown prompt template {template!r}: use plain or gemma_chat')
 
   def render(self, source: str) -> str:
     return self.prefix + source + self.suffix
 
+  def end_of_target_id(self, tokenizer: Any) -> int:
+    """The id that ends every target: ``end_of_target``'s piece, or EOS (also where the
+    vocabulary lacks the piece)."""
+    if self.end_of_target:
+      piece = tokenizer.piece_id(self.end_of_target)
+      if piece is not None:
+        return piece
+    return tokenizer.eos_id
+
 
 PROMPT_TEMPLATES = ('plain', 'gemma_chat')
-# What happens to an example longer than max_seq_len: dropped, or its target cut (EOS kept).
+# What happens to an example longer than max_seq_len: dropped, or its target cut (with no end
+# token: the model is not taught to stop after half a sentence).
 TOO_LONG_POLICIES = ('drop', 'truncate')
 
 
 def make_training_input(
     prompt_ids: np.ndarray, target_ids: np.ndarray, max_seq_len: int, pad_id: int
 ) -> TrainingInput:
-  """Concatenates ``prompt_ids[p]`` (BOS first) and ``target_ids[t]`` (EOS last), pads to L.
+  """Concatenates ``prompt_ids[p]`` (BOS first) and ``target_ids[t]`` (end token last), pads to L.
 
   Raises ValueError if ``p + t > max_seq_len``; callers filter or truncate first.
   """

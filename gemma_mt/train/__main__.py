@@ -46,6 +46,8 @@ def main(argv: list[str]) -> None:
     return
   if result.eval_loss is not None:
     print(f'final eval_loss {result.eval_loss:.4f} at step {result.step}')
+  if result.quality is not None:
+    print(f'validation {result.quality.summary()}')
   if result.translations:
     print('translations of held-out sentences:')
     loop.print_translations(result)

@@ -4,7 +4,7 @@ Layout: ``WORKDIR/checkpoints/<step>/{state,config,meta}``, plus ``data`` (each 
 iterator state) in packed runs; ``meta`` holds the data position of unpacked runs. Orbax writes each step to a
 temporary directory and renames it when complete, so a save killed half-way is never taken for a
 checkpoint. Saves are asynchronous: training goes on while the bytes are written. Kept: the last
-``keep`` checkpoints plus the one with the best evaluation loss.
+``keep`` checkpoints plus the one with the best evaluation loss (or BLEU).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from gemma_mt.train.config import TrainConfig
 
 _LOG = logging.getLogger(__name__)
 _STATE, _DATA, _CONFIG, _META = 'state', 'data', 'config', 'meta'
+# --best_metric → the metric a checkpoint is saved with and ranked by.
+BEST_METRIC_KEYS = {'loss': 'eval_loss', 'bleu': 'eval_bleu'}
 
 
 class CheckpointError(errors.UserError):
@@ -60,7 +62,8 @@ class RunCheckpoints:
   """Saves and restores the checkpoints under ``directory``."""
 
   def __init__(self, directory: str, *, keep: int, save_every_n: int,
-               save_every_minutes: float = 0.0, async_save: bool = True):
+               save_every_minutes: float = 0.0, async_save: bool = True,
+               best_metric: str = 'loss'):
     self.directory = os.path.abspath(directory)
     save_policies = [policies.FixedIntervalPolicy(save_every_n),
                      policies.PreemptionCheckpointingPolicy()]
@@ -75,8 +78,10 @@ class RunCheckpoints:
         save_decision_policy=policies.AnySavePolicy(save_policies),
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            # Ascending sort keeps the last n: the lowest loss, with reverse=True.
-            policies.BestN(get_metric_fn=lambda m: m['eval_loss'], reverse=True, n=1,
+            # Ascending sort keeps the last n: the lowest loss with reverse=True, the highest
+            # BLEU without.
+            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC_KEYS[best_metric]],
+                           reverse=best_metric == 'loss', n=1,
                            keep_checkpoints_without_metrics=False),
         ]),
     )

@@ -20,6 +20,7 @@ from gemma_mt.train import mesh_spec
 
 OPTIMIZERS = ('sgd', 'adamw', 'adafactor')
 LR_SCHEDULES = ('constant', 'cosine', 'linear')
+BEST_METRICS = ('loss', 'bleu')
 PARAM_DTYPES = ('float32', 'bfloat16')
 
 
@@ -70,6 +71,9 @@ class TrainConfig:
   save_every_minutes: float = 0.0
   log_every_n: int = 20
   keep_checkpoints: int = 2
+  bleu_every_n: int = 0
+  bleu_examples: int = -1
+  best_metric: str = 'loss'
   num_translations: int = 6
   max_new_tokens: int = 48
   seed: int = 0
@@ -118,6 +122,12 @@ class TrainConfig:
       mesh_spec.MeshSpec.parse(self.mesh)
     except mesh_spec.MeshError as e:
       raise ConfigError(str(e)) from None
+    if self.bleu_every_n < 0 or self.bleu_examples < -1:
+      raise ConfigError('--bleu_every_n must be 0 (with every evaluation) or positive, and '
+                        '--bleu_examples -1 (all), 0 (off) or positive')
+    if self.best_metric == 'bleu' and self.bleu_examples == 0:
+      raise ConfigError('--best_metric=bleu needs BLEU during training: set --bleu_examples to '
+                        '-1 (all validation pairs) or a positive number')
     if self.save_every_minutes < 0:
       raise ConfigError('--save_every_minutes must be 0 (off) or positive')
     if self.peak_tflops_per_device < 0:
@@ -139,6 +149,7 @@ class TrainConfig:
         'remat': models.REMAT_POLICIES,
         'prompt_template': records.PROMPT_TEMPLATES,
         'too_long': records.TOO_LONG_POLICIES,
+        'best_metric': BEST_METRICS,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:

@@ -39,7 +39,7 @@ _HELP = {
     'too_long': 'drop: skip examples longer than --max_seq_len; truncate: cut their target.',
     'packing': 'Pack several examples into each row (first fit), attention kept inside each '
                'example; needs --max_steps.',
-    'max_seq_len': 'Tokens per row (prompt + target + EOS, padded).',
+    'max_seq_len': 'Tokens per row (prompt + target + its end token, padded).',
     'batch_size': 'Global batch size: rows per step over all devices and processes.',
     'eval_batch_size': 'Global batch size of evaluation.',
     'num_epochs': 'Epochs of training data when --max_steps=0; 0 repeats the data forever.',
@@ -69,6 +69,12 @@ _HELP = {
     'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',
     'keep_checkpoints': 'How many recent checkpoints to keep (the best by evaluation loss is '
                         'kept as well).',
+    'bleu_every_n': 'Translate validation pairs and log eval_bleu / eval_chrf (corpus BLEU and '
+                    'chrF++, sacrebleu) every N steps; 0: with every evaluation. Always at the '
+                    'end.',
+    'bleu_examples': 'How many validation pairs those scores use: -1 all, 0 none (off).',
+    'best_metric': 'loss or bleu: which evaluation picks the best checkpoint, kept beside the '
+                   'latest ones.',
     'num_translations': 'Eval sentences translated and printed at the end.',
     'max_new_tokens': 'Longest translation generated, in tokens.',
     'seed': 'Seed of parameter initialisation and data order.',

@@ -37,7 +37,8 @@ from gemma_mt.train import sharding
 from gemma_mt.train import step as step_lib
 from gemma_mt.train.config import ConfigError, TrainConfig
 from gemma_mt.train.mesh_spec import MeshSpec
-from gemma_mt.translate import Translator
+from gemma_mt import quality
+from gemma_mt.decoding import Translator
 
 _LOG = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class TrainResult:
   eval_loss: float | None
   translations: list[tuple[str, str, str]]  # (source, reference, model output)
   preempted: bool = False
+  quality: quality.QualityScores | None = None  # BLEU and chrF++ of the last evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +379,8 @@ def train_and_evaluate(config: TrainConfig, *,
     os.replace(saved_tokenizer + '.tmp', saved_tokenizer)
   store = checkpoint.RunCheckpoints(
       os.path.join(config.workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes)
+      save_every_n=config.save_every_n, save_every_minutes=config.save_every_minutes,
+      best_metric=config.best_metric)
   try:
     start = _start(run, lambda: loaded if loaded is not None else initial_params(), tokenizer,
                    data, store)
@@ -389,8 +392,8 @@ def train_and_evaluate(config: TrainConfig, *,
       _truncate_metrics(config.workdir, start.step)
     sink = reporting.MetricsSink(config.workdir, enabled=is_main, start_step=start.step)
     try:
-      state, eval_loss, preempted = _train_loop(run, start, tokenizer, data, store, sink,
-                                                is_main)
+      state, eval_loss, preempted, scores = _train_loop(run, start, tokenizer, data, store,
+                                                        sink, is_main)
       translations = []
       if config.num_translations and not preempted and jax.process_count() > 1:
         _LOG.info('sample translations are skipped in multi-process runs')
@@ -403,7 +406,7 @@ def train_and_evaluate(config: TrainConfig, *,
   finally:
     store.close()
   return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
-                     translations=translations, preempted=preempted)
+                     translations=translations, preempted=preempted, quality=scores)
 
 
 def _latest_position(workdir: str) -> tuple[checkpoint.DataPosition | None, int]:
@@ -567,10 +570,11 @@ class _Reports:
 def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data: RunData,
                 store: checkpoint.RunCheckpoints, sink: reporting.MetricsSink,
                 is_main: bool) -> tuple[
-                    step_lib.TrainState, float | None, bool]:
+                    step_lib.TrainState, float | None, bool, quality.QualityScores | None]:
   """Steps from ``start`` to ``start.num_steps``: reports, evaluations and saves.
 
-  Returns the final state, the last evaluation loss and whether a stop signal ended the run.
+  Returns the final state, the last evaluation loss, whether a stop signal ended the run, and
+  the last translation scores.
   """
   config, mesh = run.config, run.mesh
   state, data_iterator = start.state, start.data_iterator
@@ -584,7 +588,8 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
     _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g FLOPs per step in the '
               'model (6 × parameters × tokens + attention)', start.num_steps, config.batch_size,
               config.grad_accum_steps, reports.model_flops_per_step)
-  eval_loss, best_eval_loss, preempted = None, None, False
+  eval_loss, best, preempted = None, None, False
+  quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
 
   def save(step: int, *, metrics: dict[str, float] | None, force: bool) -> None:
@@ -612,22 +617,32 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         last = step == start.num_steps
         reports.add(step, metrics, last=last)
         eval_metrics = None
-        if step % config.eval_every_n == 0 or last:
+        bleu_due = _bleu_due(config, step, last)
+        if step % config.eval_every_n == 0 or last or bleu_due:
           eval_metrics = evaluate(run.eval_fn, state.params, eval_batches, mesh)
           eval_loss = eval_metrics['eval_loss']
+          line = (f'step {step}: eval_loss {eval_loss:.4f}, '
+                  f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
+          if bleu_due:
+            scores = _translation_quality(run, state.params, tokenizer, data, sink, step)
+            if scores is not None:
+              quality_scores = scores
+              eval_metrics.update(eval_bleu=scores.bleu, eval_chrf=scores.chrf)
+              line += f', BLEU {scores.bleu:.2f}, chrF++ {scores.chrf:.2f}'
           sink.write(step, eval_metrics)
           if is_main:
-            bar.write(f'step {step}: eval_loss {eval_loss:.4f}, '
-                      f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
+            bar.write(line)
           reports.restart_clock()
         preempted = stop.signal_name is not None or (
             jax.process_count() > 1 and store.reached_preemption(step))
-        # A new best evaluation is always saved, with its loss, so that it is kept.
-        new_best = eval_metrics is not None and (best_eval_loss is None or
-                                                 eval_loss < best_eval_loss)
+        # A new best evaluation is always saved, with its score, so that it is kept.
+        best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
+        value = eval_metrics.get(best_key) if eval_metrics else None
+        new_best = value is not None and (best is None or (
+            value < best if config.best_metric == 'loss' else value > best))
         if new_best:
-          best_eval_loss = eval_loss
-        save(step, metrics={'eval_loss': eval_loss} if eval_metrics else None,
+          best = value
+        save(step, metrics={best_key: value} if value is not None else None,
              force=last or preempted or new_best)
         if preempted:
           _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
@@ -637,7 +652,37 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
       store.wait_until_finished()
   finally:
     bar.close()
-  return state, eval_loss, preempted
+  return state, eval_loss, preempted, quality_scores
+
+
+def _bleu_due(config: TrainConfig, step: int, last: bool) -> bool:
+  """Whether ``step`` scores translations: every ``--bleu_every_n`` steps (0: with every
+  evaluation) and at the end, unless ``--bleu_examples=0``."""
+  if config.bleu_examples == 0:
+    return False
+  every = config.bleu_every_n or config.eval_every_n
+  return last or step % every == 0
+
+
+def _translation_quality(run: CompiledRun, params: Any, tokenizer: GemmaTokenizer,
+                         data: RunData, sink: reporting.MetricsSink,
+                         step: int) -> quality.QualityScores | None:
+  """Corpus BLEU and chrF++ of ``--bleu_examples`` validation pairs, translated greedily; a few
+  (source, reference, hypothesis) triples go to TensorBoard. None in multi-process runs."""
+  if jax.process_count() > 1:
+    _LOG.info('BLEU during training is skipped in multi-process runs (score the checkpoints '
+              'with python -m gemma_mt.evaluate)')
+    return None
+  config = run.config
+  pairs = data.eval_pairs if config.bleu_examples < 0 else data.eval_pairs[: config.bleu_examples]
+  translator = Translator(run.model, params, tokenizer,
+                          records.PromptFormat.from_template(config.prompt_template),
+                          config.max_new_tokens, batch_size=config.eval_batch_size)
+  outputs = translator([source for source, _ in pairs])
+  sink.write_texts(step, {'eval_translations': '\n\n'.join(
+      f'en: {source}  \nfr: {output}  \nreference: {reference}'
+      for (source, reference), output in list(zip(pairs, outputs))[:5])})
+  return quality.corpus_scores(outputs, [reference for _, reference in pairs])
 
 
 def _sample_translations(run: CompiledRun, params: Any, tokenizer: GemmaTokenizer,

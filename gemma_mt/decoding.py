@@ -1,0 +1,163 @@
+"""Translating with a model: batched decoding that stops at end-of-sequence or end-of-turn.
+
+Decoding is gemma's own ``gm.text.Sampler`` (prefill, KV cache, per-row stop at EOS and
+``<end_of_turn>``), fed with the run's tokenizer and prompt format. Sources are decoded in
+batches of similar length (sorted, then put back in order), with prompts padded to a few fixed
+lengths so that a file of any length compiles only a handful of programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gemma_mt.data.records import PromptFormat
+from gemma_mt.data.tokenizer import GemmaTokenizer
+
+SAMPLING_METHODS = ('greedy', 'random', 'top_k', 'top_p')
+# Prompt lengths (tokens) that batches are padded to; longer sources are truncated to fit the last.
+PROMPT_BUCKETS = (32, 64, 128, 256)
+END_OF_TURN = '<end_of_turn>'
+
+
+def gemma_text_tokenizer(tokenizer: GemmaTokenizer) -> Any:
+  """A ``gm.text.Tokenizer`` over the same sentencepiece file, with its special ids.
+
+  Dialog turn markers missing from the vocabulary fall back to EOS, so they stop decoding too.
+  """
+  from gemma import gm  # pylint: disable=import-outside-toplevel
+
+  eos = tokenizer.eos_id
+  special = gm.text.SpecialTokens(
+      'SpecialTokens',
+      {
+          'PAD': tokenizer.pad_id,
+          'EOS': eos,
+          'BOS': tokenizer.bos_id,
+          'UNK': tokenizer.piece_id('<unk>') or 3,
+          'MASK': tokenizer.piece_id('<mask>') or eos,
+          'START_OF_TURN': tokenizer.piece_id('<start_of_turn>') or eos,
+          'END_OF_TURN': tokenizer.piece_id('<end_of_turn>') or eos,
+          'BEGIN_OF_TOOL_RESPONSE': eos,
+      },
+  )
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class _Tokenizer(gm.text.Tokenizer):
+    special_tokens = special
+
+  return _Tokenizer(path=tokenizer.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Translations:
+  """Outputs in the order of the sources, and how many sources were cut to fit the context."""
+
+  outputs: list[str]
+  truncated: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Translator:
+  """Translations of source sentences by ``model`` with ``params``.
+
+  Attributes:
+    model, params: the flax module and its parameters.
+    tokenizer, prompt_format: how a source becomes prompt tokens.
+    max_new_tokens: the most tokens generated per source.
+    batch_size: sources decoded together.
+    sampling: ``greedy`` (the default), or ``random`` / ``top_k`` / ``top_p`` at
+      ``temperature``, seeded by ``seed``.
+    max_prompt_tokens: prompts longer than this have their source cut (and are counted).
+  """
+
+  model: Any
+  params: Any
+  tokenizer: GemmaTokenizer
+  prompt_format: PromptFormat
+  max_new_tokens: int = 64
+  batch_size: int = 32
+  sampling: str = 'greedy'
+  temperature: float = 1.0
+  top_k: int = 40
+  top_p: float = 0.9
+  seed: int = 0
+  max_prompt_tokens: int = PROMPT_BUCKETS[-1]
+
+  def __post_init__(self):
+    if self.sampling not in SAMPLING_METHODS:
+      raise ValueError(f'sampling={self.sampling!r}: use one of {", ".join(SAMPLING_METHODS)}')
+
+  @functools.cached_property
+  def _sampler(self) -> Any:
+    from gemma import gm  # pylint: disable=import-outside-toplevel
+
+    buckets = tuple(b for b in PROMPT_BUCKETS if b < self.max_prompt_tokens)
+    return gm.text.Sampler(
+        model=self.model,
+        params=self.params,
+        tokenizer=gemma_text_tokenizer(self.tokenizer),
+        sampling=self._sampling_method(),
+        cache_length=self.max_prompt_tokens + self.max_new_tokens,
+        max_out_length=self.max_new_tokens,
+        pad_length=buckets + (self.max_prompt_tokens,),
+    )
+
+  def _sampling_method(self) -> Any:
+    from gemma import gm  # pylint: disable=import-outside-toplevel
+
+    if self.sampling == 'greedy':
+      return gm.text.Greedy()
+    if self.sampling == 'random':
+      return gm.text.RandomSampling(temperature=self.temperature)
+    if self.sampling == 'top_k':
+      return gm.text.TopkSampling(k=self.top_k, temperature=self.temperature)
+    return gm.text.TopPSampling(p=self.top_p, temperature=self.temperature)
+
+  def __call__(self, sources: Sequence[str]) -> list[str]:
+    """One translation per source, in order."""
+    return self.translate(sources).outputs
+
+  def translate(self, sources: Sequence[str],
+                on_batch: Callable[[int], None] = lambda n: None) -> Translations:
+    """Translations of ``sources`` in order; an empty source gives an empty output.
+
+    ``on_batch(n)`` is called after each batch with its number of sources (progress bars).
+    """
+    outputs = [''] * len(sources)
+    prompts, truncated = {}, 0
+    for index, source in enumerate(sources):
+      if source.strip():
+        prompts[index], cut = self._prompt(source.strip())
+        truncated += cut
+    # Similar lengths together: less padding, and fewer padded lengths to compile.
+    order = sorted(prompts, key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), self.batch_size):
+      batch = order[start: start + self.batch_size]
+      batch_prompts = [prompts[i] for i in batch]
+      if len(order) > self.batch_size:
+        # A short last batch filled up: one batch shape, one compiled program.
+        batch_prompts += batch_prompts[-1:] * (self.batch_size - len(batch))
+      texts = self._sampler.sample(batch_prompts, max_new_tokens=self.max_new_tokens,
+                                   rng=self.seed + start)
+      for index, text in zip(batch, texts):
+        # The sampler stops after an end-of-turn token but keeps its text.
+        outputs[index] = text.split(END_OF_TURN)[0].strip()
+      on_batch(len(batch))
+    on_batch(len(sources) - len(prompts))
+    return Translations(outputs, truncated)
+
+  def _prompt(self, source: str) -> tuple[str, bool]:
+    """The prompt of ``source`` and whether the source had to be cut to fit."""
+    prompt = self.prompt_format.render(source)
+    # +1: the BOS token the sampler adds.
+    room = self.max_prompt_tokens - 1 - len(self.tokenizer.encode(self.prompt_format.render('')))
+    source_ids = self.tokenizer.encode(source)
+    if len(source_ids) <= room:
+      return prompt, False
+    cut = self.tokenizer.decode(np.asarray(source_ids[: max(room, 0)]))
+    return self.prompt_format.render(cut), True

@@ -1,0 +1,82 @@
+"""A model ready to translate: a trained run's checkpoint, or a released model's weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gemma_mt import errors
+from gemma_mt import models
+from gemma_mt.data import records
+from gemma_mt.data.tokenizer import GemmaTokenizer
+from gemma_mt.models import sources as model_sources
+from gemma_mt.train import checkpoint
+
+
+class InferenceError(errors.UserError):
+  """A workdir, step or source with nothing to translate with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceModel:
+  """The flax module, its parameters, tokenizer and prompt format, and where they came from."""
+
+  model: Any
+  params: Any
+  tokenizer: GemmaTokenizer
+  prompt_format: records.PromptFormat
+  description: str
+  step: int | None = None
+
+
+def _single_device(abstract_params: Any) -> Any:
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      abstract_params)
+
+
+def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
+  """The parameters a run saved at ``step`` (default: its latest checkpoint)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+  if not steps:
+    raise InferenceError(f'--workdir={workdir} holds no checkpoint: train first, or pass a '
+                         'released model with --ckpt')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise InferenceError(f'--step={step}: {workdir} has checkpoints at steps '
+                         f'{", ".join(map(str, steps))}')
+  store = checkpoint.RunCheckpoints(directory, keep=1 << 30, save_every_n=1 << 30)
+  try:
+    config = store.saved_config(step)
+  finally:
+    store.close()
+  spec = models.get_model_spec(config.model)
+  model = spec.transformer(jnp.dtype(config.param_dtype))
+  abstract = _single_device(models.abstract_params(spec, jnp.dtype(config.param_dtype)))
+  params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+  tokenizer_path = os.path.join(workdir, 'tokenizer.model')
+  if not os.path.isfile(tokenizer_path):
+    tokenizer_path = spec.tokenizer_path
+  return InferenceModel(model, params, GemmaTokenizer(tokenizer_path),
+                        records.PromptFormat.from_template(config.prompt_template),
+                        f'{workdir} at step {step} ({config.model})', step)
+
+
+def from_source(ckpt: str, model: str = '', tokenizer: str = '',
+                prompt_template: str = '') -> InferenceModel:
+  """A released model as it is (``--ckpt``); its prompts are Gemma's dialog turns if it is
+  instruction-tuned, the plain prompt otherwise (or ``prompt_template``)."""
+  run_model = model_sources.resolve_run_model(model, ckpt, tokenizer)
+  spec = run_model.spec
+  abstract = _single_device(models.abstract_params(spec, jnp.float32))
+  params = run_model.source.load_params(abstract)
+  template = prompt_template or ('gemma_chat' if spec.instruction_tuned else 'plain')
+  return InferenceModel(spec.transformer(jnp.float32), params,
+                        GemmaTokenizer(run_model.tokenizer_path),
+                        records.PromptFormat.from_template(template), f'{ckpt} ({spec.name})')
