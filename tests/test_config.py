@@ -3,6 +3,22 @@ import pytest
 from gemma_mt.train.config import ConfigError, TrainConfig
 
 
+def test_demo_flagfile_is_the_defaults_but_for_bleu_every_n():
+  import dataclasses
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'demo.flags'
+  values = dict(line[2:].split('=', 1) for line in path.read_text().splitlines()
+                if line.startswith('--'))
+  defaults = TrainConfig()
+  differing = {k for k, v in values.items()
+               if str(getattr(defaults, k)) != v and str(getattr(defaults, k)) != str(type(
+                   getattr(defaults, k))(v))}
+  # --model= empty by default means tiny when no --ckpt is given.
+  assert differing == {'bleu_every_n', 'model'}
+  assert values['model'] == defaults.model_name == 'tiny'
+  assert {f.name for f in dataclasses.fields(TrainConfig)} >= set(values)
+
+
 def test_defaults_are_valid_and_round_trip_through_json(tmp_path):
   config = TrainConfig(workdir=str(tmp_path)).validate()
   import json

@@ -246,23 +246,42 @@ def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
   assert tuple(loaded['layer_0']['attn']['q_einsum']['w'].sharding.spec) == (None, 'fsdp', None)
 
 
+def _flagfile_config(name: str, **overrides):
+  """The TrainConfig of ``configs/NAME`` (every flag in it must be a TrainConfig field)."""
+  from gemma_mt.train.config import TrainConfig
+  kinds = {'int': int, 'float': float, 'str': str, 'bool': lambda v: v.lower() in ('true', '1')}
+  types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+  values = {}
+  for line in (REPO / 'configs' / name).read_text().splitlines():
+    if line.startswith('--'):
+      key, _, value = line[2:].partition('=')
+      values[key] = kinds[types[key]](value)
+  return TrainConfig(**{**values, **overrides}).validate()
+
+
 def test_memory_plan_of_real_models_on_8_devices():
-  """gemma-2b and gemma3-4b compiled for 8 simulated CPU devices, no weight read: the plan's
-  parameter and optimizer shards are an eighth of the unsharded sizes."""
+  """gemma-2b-it (the tutorial's flagfile, on 8 GPUs) and gemma3-270m compiled for 8 simulated
+  CPU devices, no weight read: the plan's parameter and optimizer shards are an eighth of the
+  unsharded sizes."""
   from gemma_mt.train import loop
   from gemma_mt.train.config import TrainConfig
 
-  for name, count in (('gemma-2b', 2_506_434_560), ('gemma3-4b', 3_880_099_328)):
-    run, lines = loop.plan_memory(TrainConfig(
-        model=name, mesh='fsdp:8', batch_size=8, max_seq_len=32, param_dtype='bfloat16',
-        compute_dtype='bfloat16', max_steps=10))
+  tutorial = _flagfile_config('mtnt_gemma2b_it.flags', ckpt='', model='gemma-2b-it',
+                              mesh='fsdp:8', batch_size=8, max_seq_len=32, max_steps=10)
+  assert tutorial.param_dtype == tutorial.compute_dtype == 'bfloat16'
+  assert tutorial.prompt_template == 'gemma_chat'
+  assert _flagfile_config('mtnt_gemma2b_it.flags').mesh == 'data:1'  # one GPU as written
+  for config, count in ((tutorial, 2_506_434_560), (TrainConfig(
+      model='gemma3-270m', mesh='fsdp:8', batch_size=8, max_seq_len=32, param_dtype='bfloat16',
+      compute_dtype='bfloat16', max_steps=10), 268_098_176)):
+    run, lines = loop.plan_memory(config)
     plan = run.memory_plan
     assert any(f'{count:,} parameters' in line for line in lines)
     for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
                 'total', 'device memory'):
       assert any(line.startswith(f'  {row} ') for line in lines), row
-    # bfloat16: 2 bytes per parameter; all but the norm scales split in eight.
-    assert 2 * count / 8 < plan.params < 2 * count / 7.99
+    # bfloat16: 2 bytes per parameter; all but the norm scales (replicated) split in eight.
+    assert 2 * count / 8 < plan.params < 2 * count / 7.95
     assert 2 * plan.params <= plan.opt_state < 2 * plan.params * 1.01  # Adam's two moments
     assert plan.activations > 0 and plan.total == (plan.params + plan.opt_state + plan.gradients
                                                    + plan.activations + plan.batch)
@@ -271,15 +290,17 @@ def test_memory_plan_of_real_models_on_8_devices():
       models.get_model_spec('gemma3-4b'), jnp.bfloat16))
   assert sharding.bytes_per_device(models.abstract_params(models.get_model_spec('gemma3-4b'),
                                                           jnp.bfloat16), unsharded) == 2 * 3_880_099_328
-  assert 'mlp/gating_einsum (2, 10240, 2560) → (None, None, \'fsdp\')' in '\n'.join(lines)
+  assert 'mlp/gating_einsum (2, 2048, 640) → (None, None, \'fsdp\')' in '\n'.join(lines)
 
 
 def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
+  # The CPU recipe's flagfile, parsed and validated by the CLI, with a batch that cannot fit
+  # (--ckpt= : the plan needs only the architecture).
   done = subprocess.run(
-      [sys.executable, '-m', 'gemma_mt.train', '--dry_run', '--model=gemma3-270m',
-       '--cpu_devices_per_process=1', '--batch_size=256', '--max_seq_len=1024',
-       f'--workdir={workdir}'],
+      [sys.executable, '-m', 'gemma_mt.train', '--flagfile=configs/mtnt_gemma3_270m.flags',
+       '--dry_run', '--ckpt=', '--model=gemma3-270m', '--cpu_devices_per_process=1',
+       '--batch_size=256', '--max_seq_len=1024', f'--workdir={workdir}'],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert done.returncode == 1, done.stderr[-2000:]
   lines = done.stdout.splitlines()

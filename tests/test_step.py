@@ -85,7 +85,8 @@ def test_train_step_learns_and_reports(tiny):
   assert losses[-1] < losses[0] / 2
   assert int(state.step) == 5
   assert set(metrics) == {'train_loss', 'train_accuracy', 'num_target_tokens', 'grad_norm',
-                          'learning_rate'}
+                          'learning_rate', 'num_examples'}
+  assert int(metrics['num_examples']) == batch.input_tokens.shape[0]  # one example per row
 
 
 def test_packed_loss_equals_unpacked_loss(tiny, demo_tokenizer):

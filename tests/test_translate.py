@@ -50,6 +50,10 @@ def test_decoding_stops_at_end_of_turn_too(demo_tokenizer):
   assert translator(['The cat.', 'I see two dogs.']) == ['', '']
 
 
+# The tests of one trained model share a worker, so that it is trained once.
+TRAINED = pytest.mark.xdist_group('trained_demo_model')
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """A short demo run: a model whose translations differ from sentence to sentence."""
@@ -62,6 +66,7 @@ def trained(tmp_path_factory):
   return workdir, result
 
 
+@TRAINED
 def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, trained):
   from gemma_mt.data import sources
   model = models.get_model_spec('tiny').transformer(jnp.float32)
@@ -99,6 +104,7 @@ def _cli(module: str, *args: str, stdin: str | None = None):
                         input=stdin, capture_output=True, text=True, timeout=300)
 
 
+@TRAINED
 def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
     demo_tokenizer, trained, tmp_path):
   workdir, result = trained
@@ -122,6 +128,7 @@ def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
   assert piped.returncode == 0 and piped.stdout == out[2] + '\n'
 
 
+@TRAINED
 def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_path):
   workdir, _ = trained
   done = _cli('gemma_mt.translate', f'--workdir={tmp_path}', stdin='The cat.\n')
@@ -134,6 +141,7 @@ def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_pat
       f'error: --step=7: {workdir} has checkpoints at steps 150')
 
 
+@TRAINED
 def test_evaluate_cli_json_and_tsv(trained, tmp_path):
   import json
   from gemma_mt import quality
