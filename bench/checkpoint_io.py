@@ -56,7 +56,10 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--model', default='bench')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--quick', action='store_true', help='the tiny model, once: seconds')
   args = parser.parse_args()
+  if args.quick:
+    args.model, args.repeats = 'tiny', 1
   model = models.get_model_spec(args.model).transformer(jnp.float32)
   optimizer = optax.adamw(1e-4)
   params = models.init_params(model, 0, 8)
@@ -69,7 +72,9 @@ def main() -> None:
   position = checkpoint.DataPosition(0, 8, 1)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  root = tempfile.mkdtemp(dir=os.environ.get('BENCH_DIR', REPO / 'runs'))
+  parent = os.environ.get('BENCH_DIR', REPO / 'runs')
+  os.makedirs(parent, exist_ok=True)  # a fresh clone has no runs/ yet
+  root = tempfile.mkdtemp(dir=parent)
   try:
     write_bps, read_bps = disk_speed(root, num_bytes)
     store = checkpoint.RunCheckpoints(os.path.join(root, 'checkpoints'), keep=2,

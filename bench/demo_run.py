@@ -25,14 +25,21 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--num_translations', type=int, default=20)
+  parser.add_argument('--quick', action='store_true',
+                      help='40 steps, BLEU on 20 pairs: checks that the benchmark runs')
   args = parser.parse_args()
+  shorten = []
+  if args.quick:
+    args.num_translations = 2
+    shorten = ['--max_steps=40', '--eval_every_n=20', '--bleu_every_n=40', '--bleu_examples=20',
+               '--warmup_steps=10']
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp) / 'demo'
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, '-m', 'gemma_mt.train', '--flagfile=configs/demo.flags',
-         f'--workdir={workdir}', f'--num_translations={args.num_translations}'],
+         f'--workdir={workdir}', f'--num_translations={args.num_translations}', *shorten],
         cwd=REPO, env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]

@@ -21,9 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Gemma 1 2B's architecture (random weights): the shape of the tutorial's model.
-GEMMA_2B_SHAPE = dict(num_embed=256128, embed_dim=2048, hidden_dim=16384, num_heads=8,
-                      head_dim=256, num_kv_heads=1, num_layers=18)
+# 'gemma-2b-architecture' is the registry's gemma-2b (the tutorial's model) with random weights.
 
 
 def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
@@ -57,10 +55,8 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   out.block_until_ready()
   peak_flops = 2 * devices * n**3 * reps / (time.perf_counter() - start)
 
-  if model == 'gemma-2b-architecture':
-    spec = models.ModelSpec(model, tokenizer_path='', **GEMMA_2B_SHAPE)
-  else:
-    spec = models.get_model_spec(model)
+  spec = models.get_model_spec('gemma-2b' if model == 'gemma-2b-architecture' else model)
+  shape = spec.transformer_config()
   transformer = spec.transformer(param_dtype)
   optimizer = optax.adamw(1e-4)
 
@@ -72,7 +68,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   shardings = sharding.state_shardings(mesh, abstract, optimizer)
   state = jax.jit(init, out_shardings=shardings)()
   rng = np.random.RandomState(0)
-  tokens = rng.randint(4, spec.num_embed, size=(batch_size, seq_len)).astype(np.int32)
+  tokens = rng.randint(4, shape.num_embed, size=(batch_size, seq_len)).astype(np.int32)
   tokens[:, 0] = 2
   mask = np.ones_like(tokens, dtype=bool)
   mask[:, : seq_len // 4] = False
@@ -85,8 +81,8 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   compiled = train.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   total_flops = perf.model_flops_per_step(
-      num_params=models.count_params(abstract.params), num_layers=spec.num_layers,
-      num_heads=spec.num_heads, head_dim=spec.head_dim, batch_size=batch_size, seq_len=seq_len)
+      num_params=models.count_params(abstract.params), num_layers=shape.num_layers,
+      num_heads=shape.num_heads, head_dim=shape.head_dim, batch_size=batch_size, seq_len=seq_len)
   xla_flops = (perf.compiled_flops(compiled) or float('nan')) * devices
   for _ in range(2):
     state, metrics = compiled(state, batch)
@@ -137,7 +133,11 @@ def main() -> None:
   parser.add_argument('--gpu', action='store_true', help='the GPU table, in this process')
   parser.add_argument('--devices', type=int, default=0, help='internal: measure one CPU row')
   parser.add_argument('--mesh', default='')
+  parser.add_argument('--quick', action='store_true',
+                      help='the tiny model at sequence 32, batch 16, 2 steps: seconds')
   args = parser.parse_args()
+  if args.quick:
+    args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
   if args.gpu:
     rows = [measure(model='gemma-2b-architecture', devices=0, mesh='', batch_size=8,
                     seq_len=512, steps=5, dtype='bfloat16'),

@@ -5,7 +5,6 @@ uninterrupted run of the same command, bit for bit.
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
