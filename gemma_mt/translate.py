@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 # Before anything can import TensorFlow: keep its C++ start-up chatter out of the terminal.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -21,6 +22,9 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 from gemma_mt import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gemma_mt.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+if TYPE_CHECKING:  # the heavy modules load only once the flags are known to be good
+  from gemma_mt import decoding, inference  # pylint: disable=g-import-not-at-top
 
 
 def define_model_flags() -> None:
@@ -44,7 +48,7 @@ def define_model_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'Seed of the sampling methods.')
 
 
-def model_from_flags() -> object:
+def model_from_flags() -> inference.InferenceModel:
   """The InferenceModel that ``--workdir``/``--step`` or ``--ckpt`` name."""
   from gemma_mt import inference  # pylint: disable=import-outside-toplevel
 
@@ -59,7 +63,7 @@ def model_from_flags() -> object:
   return inference.from_source(f.ckpt, f.model, f.tokenizer, f.prompt_template)
 
 
-def translator_from_flags(loaded) -> object:
+def translator_from_flags(loaded: inference.InferenceModel) -> decoding.Translator:
   from gemma_mt import decoding  # pylint: disable=import-outside-toplevel
 
   f = flags.FLAGS

@@ -1,9 +1,9 @@
 """Orbax checkpoints of a run: train state, data position and config, written atomically.
 
 Layout: ``WORKDIR/checkpoints/<step>/{state,config,meta}``, plus ``data`` (each process's Grain
-iterator state) in packed runs; ``meta`` holds the data position of unpacked runs. Orbax writes each step to a
-temporary directory and renames it when complete, so a save killed half-way is never taken for a
-checkpoint. Saves are asynchronous: training goes on while the bytes are written. Kept: the last
+iterator state) in packed runs; ``meta`` holds the data position of unpacked runs. Orbax writes
+each step to a temporary directory and renames it when complete, so a save killed half-way is
+never taken for a checkpoint. Saves are asynchronous: training goes on while the bytes are written. Kept: the last
 ``keep`` checkpoints plus the one with the best evaluation loss (or BLEU).
 """
 
@@ -210,8 +210,6 @@ class RunCheckpoints:
         self.check_state_matches(step, abstract_state)
         check(step)
         restored = self.restore(step, abstract_state, data_iterator)
-      except CheckpointError as e:
-        failure = e
       except Exception as e:  # pylint: disable=broad-except  # classified below, never swallowed
         failure = e
       outcome = _agreed_outcome(_outcome_of(failure, os.path.join(self.directory, str(step))))

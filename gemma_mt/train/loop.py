@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gemma_mt import models
+from gemma_mt import quality
 from gemma_mt.data import pipeline
 from gemma_mt.data import records
 from gemma_mt.data import sources
@@ -37,7 +38,6 @@ from gemma_mt.train import sharding
 from gemma_mt.train import step as step_lib
 from gemma_mt.train.config import ConfigError, TrainConfig
 from gemma_mt.train.mesh_spec import MeshSpec
-from gemma_mt import quality
 from gemma_mt.decoding import Translator
 
 _LOG = logging.getLogger(__name__)
