@@ -17,7 +17,8 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   workdir = tmp_path / 'demo'
   done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
-                '--eval_every_n=40', '--save_every_n=80', '--num_translations=3')
+                '--eval_every_n=40', '--save_every_n=80', '--num_translations=3',
+                '--bleu_examples=100')
   assert done.returncode == 0, done.stderr[-3000:]
   metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [m['eval_loss'] for m in metrics if 'eval_loss' in m]
@@ -36,7 +37,7 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   assert [m['step'] for m in scored] == [160] and 0 < scored[0]['eval_chrf'] <= 100
   assert [e.step for e in events.Tensors('eval_bleu')] == [160]
   assert events.Tensors('eval_translations')
-  assert 'validation BLEU' in done.stdout and 'chrF++' in done.stdout
+  assert 'validation BLEU' in done.stdout and 'on 100 pairs' in done.stdout
   # Every new best evaluation (40, 80, 120, 160 here) is saved too; the last two are kept.
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '160']
   assert 'translations of held-out sentences:' in done.stdout
