@@ -67,8 +67,8 @@ _HELP = {
     'init_from': 'Start from the parameters of another run (its workdir, a checkpoints/<step> '
                  'folder or an export); optimizer, data and step start fresh.',
     'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',
-    'keep_checkpoints': 'How many recent checkpoints to keep (the best by evaluation loss is '
-                        'kept as well).',
+    'keep_checkpoints': 'How many recent checkpoints to keep (the best evaluation, by '
+                        '--best_metric, is kept as well).',
     'bleu_every_n': 'Translate validation pairs and log eval_bleu / eval_chrf (corpus BLEU and '
                     'chrF++, sacrebleu) every N steps; 0: with every evaluation. Always at the '
                     'end.',
