@@ -87,24 +87,33 @@ def _tmp_dirs(workdir):
   return [p for p in directory.glob('*') if 'tmp' in p.name] if directory.exists() else []
 
 
-@pytest.mark.parametrize('moment', ['inside_a_step', 'during_an_async_save', 'right_after_a_save'])
-def test_sigkill_then_same_command_ends_bit_identical(reference, tmp_path, moment):
+def _complete_steps(workdir) -> set[int]:
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return {int(p.name) for p in directory.glob('*') if p.name.isdigit()} if directory.exists() \
+      else set()
+
+
+def test_sigkill_at_any_moment_then_same_command_ends_bit_identical(reference, tmp_path):
+  """One run killed three times — inside a step, during an asynchronous save, right after a
+  save — and started again with the same command each time ends as the uninterrupted run."""
   ref_dir, ref_losses, ref_params = reference
   workdir = tmp_path / 'run'
-  proc = _start(workdir)
-  if moment == 'inside_a_step':
-    reached = _wait_for(lambda: _reported_step(workdir) >= 9, proc)
-  elif moment == 'during_an_async_save':
-    # A save after the first complete one, caught while its temporary directory exists.
-    reached = _wait_for(lambda: (workdir / 'checkpoints' / '6').is_dir() and any(
-        not p.name.startswith('6.') for p in _tmp_dirs(workdir)), proc)
-  else:
-    reached = _wait_for(lambda: (workdir / 'checkpoints' / '12').is_dir(), proc)
-  proc.kill()
-  proc.wait()
-  assert reached, 'the run ended before the kill moment'
-  assert proc.returncode == -signal.SIGKILL
-  assert _reported_step(workdir) < 24
+  for moment in ('inside_a_step', 'during_an_async_save', 'right_after_a_save'):
+    before = _complete_steps(workdir)
+    proc = _start(workdir)
+    if moment == 'inside_a_step':
+      reached = _wait_for(lambda: _reported_step(workdir) >= 9, proc)
+    elif moment == 'during_an_async_save':
+      # A new save caught while its temporary directory exists.
+      reached = _wait_for(lambda: any(int(p.name.split('.')[0]) not in before
+                                      for p in _tmp_dirs(workdir)), proc)
+    else:
+      reached = _wait_for(lambda: bool(_complete_steps(workdir) - before), proc)
+    proc.kill()
+    proc.wait()
+    assert reached, f'the run ended before the kill moment {moment}'
+    assert proc.returncode == -signal.SIGKILL
+    assert _reported_step(workdir) < 24
   done = _run(workdir)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'resumed from' in done.stderr
