@@ -154,8 +154,9 @@ class Translator:
   def _prompt(self, source: str) -> tuple[str, bool]:
     """The prompt of ``source`` and whether the source had to be cut to fit."""
     prompt = self.prompt_format.render(source)
-    # +1: the BOS token the sampler adds.
-    room = self.max_prompt_tokens - 1 - len(self.tokenizer.encode(self.prompt_format.render('')))
+    # 1 for the BOS token the sampler adds, 2 for pieces that merge differently where the source
+    # meets the template (tokenized apart here, together by the sampler).
+    room = self.max_prompt_tokens - 3 - len(self.tokenizer.encode(self.prompt_format.render('')))
     source_ids = self.tokenizer.encode(source)
     if len(source_ids) <= room:
       return prompt, False
