@@ -307,21 +307,46 @@ def _has_checkpoint(workdir: str) -> bool:
 WORKDIR_TOKENIZER = 'tokenizer.model'
 
 
-def _resumed_run_model(config: TrainConfig) -> model_sources.RunModel | None:
+@dataclasses.dataclass(frozen=True)
+class _Latest:
+  """What the newest checkpoint of a workdir says before anything is restored; a part that does
+  not read back is None (restoring decides what to do with such a checkpoint)."""
+
+  step: int
+  config: TrainConfig | None
+  position: checkpoint.DataPosition | None
+
+
+def _read_latest(workdir: str) -> _Latest | None:
+  """The newest checkpoint's config and data position, read once at start; None if none."""
+  if not _has_checkpoint(workdir):
+    return None
+  store = checkpoint.RunCheckpoints(os.path.join(workdir, 'checkpoints'), keep=1 << 30,
+                                    save_every_n=1 << 30)
+
+  def readable(read: Any, *args: int) -> Any:
+    try:
+      return read(*args)
+    except (OSError, ValueError, KeyError):
+      return None
+
+  try:
+    step = readable(store.latest_step)
+    if step is None:
+      return None
+    return _Latest(step, readable(store.saved_config, step), readable(store.saved_position, step))
+  finally:
+    store.close()
+
+
+def _resumed_run_model(config: TrainConfig,
+                       latest: _Latest | None) -> model_sources.RunModel | None:
   """The model of a run that resumes: its saved model name and the tokenizer kept in the
   workdir, so that the weights' source is neither read nor needed again. None for a fresh run."""
   saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
-  if not (_has_checkpoint(config.workdir) and os.path.isfile(saved_tokenizer)):
+  if latest is None or not os.path.isfile(saved_tokenizer):
     return None
-  store = checkpoint.RunCheckpoints(os.path.join(config.workdir, 'checkpoints'), keep=1 << 30,
-                                    save_every_n=1 << 30)
-  try:
-    step = store.latest_step()
-    saved = store.saved_config(step) if step is not None else None
-  except (OSError, ValueError, KeyError):
-    saved = None  # restore_latest decides what to do with an unreadable checkpoint
-  finally:
-    store.close()
+  saved = latest.config
   if saved is None or saved.model not in models.MODELS:
     return None
   # Another --model is refused by the compatibility check, with both names.
@@ -338,14 +363,15 @@ def train_and_evaluate(config: TrainConfig, *,
   """
   config.validate()
   is_main = jax.process_index() == 0
-  run_model = _resumed_run_model(config) or model_sources.resolve_run_model(
+  latest = _read_latest(config.workdir)
+  run_model = _resumed_run_model(config, latest) or model_sources.resolve_run_model(
       config.model_name, config.ckpt, config.tokenizer)
   tokenizer = GemmaTokenizer(run_model.tokenizer_path)
   data = load_run_data(config, tokenizer)
   # Sized from where a resumed run stands, so that its schedule ends at its own last step.
-  latest = _latest_position(config.workdir)
-  num_steps = total_steps(config, len(data.train), *latest)
-  _check_epochs_cover_max_steps(config, data, tokenizer.pad_id, *latest)
+  resumed_at = (latest.position, latest.step) if latest and latest.position else (None, 0)
+  num_steps = total_steps(config, len(data.train), *resumed_at)
+  _check_epochs_cover_max_steps(config, data, tokenizer.pad_id, *resumed_at)
   if num_steps <= 0:
     raise ConfigError(f'{len(data.train)} training examples make no full batch of '
                       f'--batch_size={config.batch_size}: lower it or raise --num_epochs')
@@ -407,22 +433,6 @@ def train_and_evaluate(config: TrainConfig, *,
     store.close()
   return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
                      translations=translations, preempted=preempted, quality=scores)
-
-
-def _latest_position(workdir: str) -> tuple[checkpoint.DataPosition | None, int]:
-  """The data position and step of the newest checkpoint in ``workdir``; (None, 0) if none
-  reads back (restoring decides what to do with it)."""
-  if not _has_checkpoint(workdir):
-    return None, 0
-  store = checkpoint.RunCheckpoints(os.path.join(workdir, 'checkpoints'), keep=1 << 30,
-                                    save_every_n=1 << 30)
-  try:
-    step = store.latest_step()
-    return (store.saved_position(step), step) if step is not None else (None, 0)
-  except (OSError, ValueError, KeyError):
-    return None, 0
-  finally:
-    store.close()
 
 
 def _check_epochs_cover_max_steps(config: TrainConfig, data: RunData, pad_id: int,
@@ -589,6 +599,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
               'model (6 × parameters × tokens + attention)', start.num_steps, config.batch_size,
               config.grad_accum_steps, reports.model_flops_per_step)
   eval_loss, best, preempted = None, None, False
+  best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
   quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
 
@@ -636,7 +647,6 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         preempted = stop.signal_name is not None or (
             jax.process_count() > 1 and store.reached_preemption(step))
         # A new best evaluation is always saved, with its score, so that it is kept.
-        best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
         value = eval_metrics.get(best_key) if eval_metrics else None
         new_best = value is not None and (best is None or (
             value < best if config.best_metric == 'loss' else value > best))
