@@ -1,9 +1,12 @@
 """Translating with a model: batched decoding that stops at end-of-sequence or end-of-turn.
 
 Decoding is gemma's own ``gm.text.Sampler`` (prefill, KV cache, per-row stop at EOS and
-``<end_of_turn>``), fed with the run's tokenizer and prompt format. Sources are decoded in
-batches of similar length (sorted, then put back in order), with prompts padded to a few fixed
-lengths so that a file of any length compiles only a handful of programs.
+``<end_of_turn>``), or its beam-search variant (``beam_search.BeamSampler``), fed with the run's
+tokenizer and prompt format. Sources are decoded in batches of similar length (sorted, then put
+back in order), with prompts padded to a few fixed lengths so that a file of any length compiles
+only a handful of programs. Given a mesh, each batch is laid out over its batch axes like a
+training batch: in a multi-process job every process decodes its rows, and every process gets all
+outputs back in order.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from gemma_mt import beam_search
+from gemma_mt.data import pipeline
 from gemma_mt.data.records import PromptFormat
 from gemma_mt.data.tokenizer import GemmaTokenizer
+from gemma_mt.train import sharding
 
 SAMPLING_METHODS = ('greedy', 'random', 'top_k', 'top_p')
 # Prompt lengths (tokens) that batches are padded to; longer sources are truncated to fit the last.
@@ -73,6 +81,11 @@ class Translator:
     sampling: ``greedy`` (the default), or ``random`` / ``top_k`` / ``top_p`` at
       ``temperature``, seeded by ``seed``.
     max_prompt_tokens: prompts longer than this have their source cut (and are counted).
+    beam_size: above 1, beam search with this many beams (greedy: 1), ranking hypotheses by
+      log-probability over GNMT's length penalty with exponent ``length_penalty``.
+    mesh: decode on this mesh, each batch sharded over its batch axes (``batch_size`` rounded up
+      to a multiple of their size); in a multi-process job every process must call ``translate``
+      with the same sources. None: wherever ``params`` are.
   """
 
   model: Any
@@ -87,17 +100,36 @@ class Translator:
   top_p: float = 0.9
   seed: int = 0
   max_prompt_tokens: int = PROMPT_BUCKETS[-1]
+  beam_size: int = 1
+  length_penalty: float = 0.6
+  mesh: Mesh | None = None
 
   def __post_init__(self):
     if self.sampling not in SAMPLING_METHODS:
       raise ValueError(f'sampling={self.sampling!r}: use one of {", ".join(SAMPLING_METHODS)}')
+    if self.beam_size < 1:
+      raise ValueError(f'beam_size={self.beam_size}: use 1 (greedy) or more beams')
+    if self.beam_size > 1 and self.sampling != 'greedy':
+      raise ValueError(f'beam_size={self.beam_size} with sampling={self.sampling!r}: beam '
+                       'search is deterministic; sample with beam_size=1')
+
+  @functools.cached_property
+  def _batch_rows(self) -> int:
+    """Sources per batch: ``batch_size``, a multiple of the mesh's batch-axes size."""
+    if self.mesh is None:
+      return self.batch_size
+    shards = sharding.batch_shards(self.mesh)
+    return -(-self.batch_size // shards) * shards
 
   @functools.cached_property
   def _sampler(self) -> Any:
     from gemma import gm  # pylint: disable=import-outside-toplevel
 
     buckets = tuple(b for b in PROMPT_BUCKETS if b < self.max_prompt_tokens)
-    return gm.text.Sampler(
+    beams = ({'beam_size': self.beam_size, 'length_penalty': self.length_penalty}
+             if self.beam_size > 1 else {})
+    return (beam_search.BeamSampler if beams else gm.text.Sampler)(
+        **beams,
         model=self.model,
         params=self.params,
         tokenizer=gemma_text_tokenizer(self.tokenizer),
@@ -136,20 +168,33 @@ class Translator:
         truncated += cut
     # Similar lengths together: less padding, and fewer padded lengths to compile.
     order = sorted(prompts, key=lambda i: len(prompts[i]))
-    for start in range(0, len(order), self.batch_size):
-      batch = order[start: start + self.batch_size]
+    rows = self._batch_rows
+    for start in range(0, len(order), rows):
+      batch = order[start: start + rows]
       batch_prompts = [prompts[i] for i in batch]
-      if len(order) > self.batch_size:
-        # A short last batch filled up: one batch shape, one compiled program.
-        batch_prompts += batch_prompts[-1:] * (self.batch_size - len(batch))
-      texts = self._sampler.sample(batch_prompts, max_new_tokens=self.max_new_tokens,
-                                   rng=self.seed + start)
+      if len(order) > rows or self.mesh is not None:
+        # A short last batch filled up: one batch shape, one compiled program (and on a mesh,
+        # rows that divide over its batch axes).
+        batch_prompts += batch_prompts[-1:] * (rows - len(batch))
+      texts = self._decode_batch(batch_prompts, rng=self.seed + start)
       for index, text in zip(batch, texts):
         # The sampler stops after an end-of-turn token but keeps its text.
         outputs[index] = text.split(END_OF_TURN)[0].strip()
       on_batch(len(batch))
     on_batch(len(sources) - len(prompts))
     return Translations(outputs, truncated)
+
+  def _decode_batch(self, batch_prompts: list[str], rng: int) -> list[str]:
+    """One output per prompt; on a mesh, this process decodes its rows and receives all."""
+    kwargs = {}
+    if self.mesh is not None:
+      # The rows of this process, as a training batch's (``ProcessSlice``), sharded like one.
+      process = pipeline.ProcessSlice(jax.process_index(), jax.process_count())
+      batch_prompts = batch_prompts[process.rows(len(batch_prompts))]
+      kwargs['sharding'] = sharding.batch_sharding(self.mesh)
+    repeated = [p for p in batch_prompts for _ in range(self.beam_size)]
+    texts = self._sampler.sample(repeated, max_new_tokens=self.max_new_tokens, rng=rng, **kwargs)
+    return texts[:: self.beam_size]
 
   def _prompt(self, source: str) -> tuple[str, bool]:
     """The prompt of ``source`` and whether the source had to be cut to fit."""

@@ -46,13 +46,22 @@ def define_model_flags() -> None:
   flags.DEFINE_integer('top_k', 40, 'With --sampling=top_k.')
   flags.DEFINE_float('top_p', 0.9, 'With --sampling=top_p.')
   flags.DEFINE_integer('seed', 0, 'Seed of the sampling methods.')
+  flags.DEFINE_integer('beam_size', 1, 'Above 1: beam search with this many beams (with '
+                       '--sampling=greedy).', lower_bound=1)
+  flags.DEFINE_float('length_penalty', 0.6, 'Beam search ranks hypotheses by log-probability / '
+                     '((5 + length) / 6) ** this (GNMT; 0: no length normalisation).',
+                     lower_bound=0.0)
 
 
 def model_from_flags() -> inference.InferenceModel:
-  """The InferenceModel that ``--workdir``/``--step`` or ``--ckpt`` name."""
+  """The InferenceModel that ``--workdir``/``--step`` or ``--ckpt`` name (after checking the
+  decoding flags, so that a mistake there costs no model load)."""
   from gemma_mt import inference  # pylint: disable=import-outside-toplevel
 
   f = flags.FLAGS
+  if f.beam_size > 1 and f.sampling != 'greedy':
+    raise errors.UserError(f'--beam_size={f.beam_size} with --sampling={f.sampling}: beam '
+                           'search is deterministic; sample with --beam_size=1')
   if bool(f.workdir) == bool(f.ckpt):
     raise errors.UserError('pass either --workdir (a training run) or --ckpt (a released model)')
   if f.workdir:
@@ -70,7 +79,8 @@ def translator_from_flags(loaded: inference.InferenceModel) -> decoding.Translat
   return decoding.Translator(
       loaded.model, loaded.params, loaded.tokenizer, loaded.prompt_format,
       max_new_tokens=f.max_new_tokens, batch_size=f.batch_size, sampling=f.sampling,
-      temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed)
+      temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed,
+      beam_size=f.beam_size, length_penalty=f.length_penalty)
 
 
 def main(argv: list[str]) -> None:

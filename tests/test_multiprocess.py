@@ -20,21 +20,25 @@ FLAGS = ['--batch_size=16', '--eval_batch_size=16', '--log_every_n=1', '--eval_e
          '--warmup_steps=0']
 
 
-def _single(workdir, steps: int) -> subprocess.CompletedProcess:
+# The last leg of a job also translates: BLEU of 16 pairs and 4 sample translations at its end.
+TRANSLATE = ['--bleu_examples=16', '--num_translations=4']
+
+
+def _single(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
   return subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', f'--max_steps={steps}',
-       '--cpu_devices_per_process=8', *FLAGS],
+       '--cpu_devices_per_process=8', *FLAGS, *extra],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
-def _launch_command(workdir, steps: int) -> list[str]:
+def _launch_command(workdir, steps: int, *extra: str) -> list[str]:
   return [sys.executable, '-m', 'gemma_mt.launch', '--num_processes=2',
           '--cpu_devices_per_process=4', '--', f'--workdir={workdir}', f'--max_steps={steps}',
-          *FLAGS]
+          *FLAGS, *extra]
 
 
-def _launch(workdir, steps: int) -> subprocess.CompletedProcess:
-  return subprocess.run(_launch_command(workdir, steps), cwd=REPO, env=subprocess_env(),
+def _launch(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
+  return subprocess.run(_launch_command(workdir, steps, *extra), cwd=REPO, env=subprocess_env(),
                         capture_output=True, text=True, timeout=300)
 
 
@@ -53,14 +57,20 @@ def _reported_step(workdir) -> int:
 @pytest.fixture(scope='module')
 def one_process_reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one_process')
-  done = _single(workdir, 10)
+  done = _single(workdir, 10, *TRANSLATE)
   assert done.returncode == 0, done.stderr[-3000:]
-  return _losses(workdir)
+  return _losses(workdir), _translation_report(done.stdout)
+
+
+def _translation_report(stdout: str) -> str:
+  """The end of a run's report: validation BLEU and chrF++, then the sample translations."""
+  return stdout[stdout.index('validation BLEU'):]
 
 
 def test_checkpoints_move_between_two_processes_and_one(one_process_reference, tmp_path):
   """2 processes → 1 process → 2 processes, one run: every leg resumes where the last stopped,
-  and the losses are the one-process run's (2 × 4 devices == 1 × 8)."""
+  and the losses are the one-process run's (2 × 4 devices == 1 × 8); so are the BLEU and the
+  translations of the last leg, each process decoding its rows of every batch."""
   done = _launch(tmp_path, 3)
   assert done.returncode == 0, done.stderr[-3000:]
   assert '[process 1]' in done.stderr and 'final eval_loss' in done.stdout
@@ -74,13 +84,16 @@ def test_checkpoints_move_between_two_processes_and_one(one_process_reference, t
   for f in (tmp_path / 'checkpoints' / '6' / 'state').rglob('*'):
     if f.is_file() and f.stat().st_size > 0 and 'commit' not in f.name:
       f.write_bytes(b'garbage')
-  done = _launch(tmp_path, 10)
+  done = _launch(tmp_path, 10, *TRANSLATE)
   assert done.returncode == 0, done.stderr[-3000:]
   resumed = [l for l in done.stderr.splitlines() if 'resumed from' in l]
   assert len(resumed) == 2 and all(l.endswith('at step 3') for l in resumed), resumed
   assert sum('checkpoint 6 in' in l and 'is damaged' in l for l in done.stderr.splitlines()) == 2
   assert len(list((tmp_path / 'checkpoints').glob('6.unreadable-*'))) == 1
-  np.testing.assert_allclose(_losses(tmp_path), one_process_reference, rtol=1e-5)
+  losses, translations = one_process_reference
+  np.testing.assert_allclose(_losses(tmp_path), losses, rtol=1e-5)
+  assert _translation_report(done.stdout) == translations
+  assert translations.count('  en: ') == 4 and 'on 16 pairs' in translations
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):

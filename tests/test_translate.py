@@ -83,6 +83,96 @@ def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, traine
   assert len(set(result.outputs[:9])) > 1  # not one output for all: order is kept, not luck
 
 
+def _reference_beam_search(model, params, prompt_ids, k, alpha, max_new_tokens, end_ids):
+  """Beam search as written in a textbook: every hypothesis re-run from its first token (no
+  cache), K unfinished and K finished kept, ranked by log-prob / ((5 + length) / 6) ** alpha."""
+  import jax
+  import numpy as np
+
+  forward = jax.jit(lambda tokens: jax.nn.log_softmax(
+      model.apply({'params': params}, tokens=tokens).logits[0, -1].astype(jnp.float32)))
+  penalty = lambda length: ((5.0 + length) / 6.0) ** alpha
+  alive, finished = [(0.0, [])], []
+  for step in range(max_new_tokens):
+    candidates = []
+    for score, seq in alive:
+      log_probs = np.asarray(forward(jnp.asarray([prompt_ids + seq])))
+      candidates += [(score + log_probs[t], seq + [int(t)]) for t in np.argsort(-log_probs)[:2 * k]]
+    candidates = sorted(candidates, key=lambda c: -c[0])[:2 * k]
+    finished = sorted(finished + [(s / penalty(step + 1), seq) for s, seq in candidates
+                                  if seq[-1] in end_ids], key=lambda c: -c[0])[:k]
+    alive = [c for c in candidates if c[1][-1] not in end_ids][:k]
+    if len(finished) == k and finished[-1][0] >= alive[0][0] / penalty(max_new_tokens):
+      break
+  best = finished[0][1] if finished else alive[0][1]
+  return [t for t in best if t not in end_ids]
+
+
+@TRAINED
+def test_beam_search_finds_what_a_cacheless_beam_search_finds(demo_tokenizer, trained):
+  from gemma_mt.data import sources
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  params = trained[1].state.params
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  sources_ = [s for s, _ in pairs[:5]]
+  end_ids = {demo_tokenizer.eos_id, demo_tokenizer.piece_id('<end_of_turn>')}
+  gm_tokenizer = gemma_text_tokenizer(demo_tokenizer)
+  greedy = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
+                      batch_size=2)(sources_)
+  for k, alpha in ((3, 0.6), (2, 0.0)):
+    beams = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
+                       batch_size=2, beam_size=k, length_penalty=alpha)(sources_)
+    expected = [demo_tokenizer.decode(_reference_beam_search(
+        model, params, gm_tokenizer.encode(PromptFormat().render(s), add_bos=True), k, alpha, 10,
+        end_ids)).strip() for s in sources_]
+    assert beams == expected, (k, alpha)
+  assert beams != greedy  # the beams found other translations than greedy decoding
+  # One beam without length normalisation is greedy decoding, row for row.
+  from gemma import gm
+  from gemma_mt import beam_search
+  prompts = [PromptFormat().render(s) for s in sources_]
+  common = dict(model=model, params=params, tokenizer=gm_tokenizer, cache_length=96,
+                max_out_length=10, pad_length=(64,))
+  assert (beam_search.BeamSampler(beam_size=1, length_penalty=0.0, **common).sample(prompts)
+          == gm.text.Sampler(**common).sample(prompts))
+
+
+def test_beam_search_stops_at_eos_and_at_the_budget(demo_tokenizer):
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  stops = Translator(model, _pushed_to(model, demo_tokenizer.eos_id), demo_tokenizer,
+                     PromptFormat(), max_new_tokens=8, beam_size=3)
+  assert stops(['The cat.', 'I see two dogs.']) == ['', '']
+  chatty = Translator(model, _pushed_to(model, demo_tokenizer.piece_id('▁chat')),
+                      demo_tokenizer, PromptFormat(), max_new_tokens=8, beam_size=3)
+  assert chatty(['The cat.', 'I see two dogs.']) == [' '.join(['chat'] * 8)] * 2
+
+
+@TRAINED
+def test_decoding_on_the_training_mesh_gives_the_single_device_outputs(demo_tokenizer, trained):
+  import jax
+  from gemma_mt.data import sources
+  from gemma_mt.train import sharding
+  from gemma_mt.train.mesh_spec import MeshSpec
+  model = models.get_model_spec('tiny').transformer(jnp.float32)
+  params = trained[1].state.params
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  sources_ = [s for s, _ in pairs[:11]]
+  mesh = sharding.make_mesh(MeshSpec(data=2, fsdp=2, tensor=2))
+  sharded = jax.device_put(params, sharding.param_shardings(mesh, params))
+  expected = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
+                        batch_size=3)(sources_)
+  for beam_size in (1, 2):
+    on_mesh = Translator(model, sharded, demo_tokenizer, PromptFormat(), max_new_tokens=10,
+                         batch_size=3, mesh=mesh, beam_size=beam_size, length_penalty=0.0)
+    assert on_mesh._batch_rows == 4  # 3 rounded up to the 4 batch shards (data × fsdp)
+    outputs = on_mesh(sources_)
+    if beam_size == 1:
+      assert outputs == expected
+    else:
+      assert outputs == Translator(model, params, demo_tokenizer, PromptFormat(),
+                                   max_new_tokens=10, beam_size=2, length_penalty=0.0)(sources_)
+
+
 def test_sampling_is_seeded(demo_tokenizer):
   model = models.get_model_spec('tiny').transformer(jnp.float32)
   params = models.init_params(model, 0, 8)

@@ -110,7 +110,7 @@ def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any) -> dict[str, fl
 
 
 def _check_batch_sizes(config: TrainConfig, mesh: Any) -> None:
-  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  shards = sharding.batch_shards(mesh)
   micro = config.batch_size // config.grad_accum_steps
   if micro % shards:
     raise ConfigError(
@@ -421,9 +421,7 @@ def train_and_evaluate(config: TrainConfig, *,
       state, eval_loss, preempted, scores = _train_loop(run, start, tokenizer, data, store,
                                                         sink, is_main)
       translations = []
-      if config.num_translations and not preempted and jax.process_count() > 1:
-        _LOG.info('sample translations are skipped in multi-process runs')
-      elif config.num_translations and not preempted:
+      if config.num_translations and not preempted:
         translations = _sample_translations(run, state.params, tokenizer, data)
         sink.write_texts(int(jax.device_get(state.step)), {'translations': '\n\n'.join(
             f'en: {src}  \nfr: {out}  \nreference: {ref}' for src, ref, out in translations)})
@@ -676,18 +674,15 @@ def _bleu_due(config: TrainConfig, step: int, last: bool) -> bool:
 
 def _translation_quality(run: CompiledRun, params: Any, tokenizer: GemmaTokenizer,
                          data: RunData, sink: reporting.MetricsSink,
-                         step: int) -> quality.QualityScores | None:
-  """Corpus BLEU and chrF++ of ``--bleu_examples`` validation pairs, translated greedily; a few
-  (source, reference, hypothesis) triples go to TensorBoard. None in multi-process runs."""
-  if jax.process_count() > 1:
-    _LOG.info('BLEU during training is skipped in multi-process runs (score the checkpoints '
-              'with python -m gemma_mt.evaluate)')
-    return None
+                         step: int) -> quality.QualityScores:
+  """Corpus BLEU and chrF++ of ``--bleu_examples`` validation pairs, translated greedily on the
+  training mesh (each process its rows); a few (source, reference, hypothesis) triples go to
+  TensorBoard."""
   config = run.config
   pairs = data.eval_pairs if config.bleu_examples < 0 else data.eval_pairs[: config.bleu_examples]
   translator = Translator(run.model, params, tokenizer,
                           records.PromptFormat.from_template(config.prompt_template),
-                          config.max_new_tokens, batch_size=config.eval_batch_size)
+                          config.max_new_tokens, batch_size=config.eval_batch_size, mesh=run.mesh)
   outputs = translator([source for source, _ in pairs])
   sink.write_texts(step, {'eval_translations': '\n\n'.join(
       f'en: {source}  \nfr: {output}  \nreference: {reference}'
@@ -700,7 +695,8 @@ def _sample_translations(run: CompiledRun, params: Any, tokenizer: GemmaTokenize
   """(source, reference, output) of the first ``--num_translations`` validation pairs."""
   config = run.config
   prompt_format = records.PromptFormat.from_template(config.prompt_template)
-  translator = Translator(run.model, params, tokenizer, prompt_format, config.max_new_tokens)
+  translator = Translator(run.model, params, tokenizer, prompt_format, config.max_new_tokens,
+                          batch_size=config.num_translations, mesh=run.mesh)
   pairs = data.eval_pairs[: config.num_translations]
   outputs = translator([src for src, _ in pairs])
   return [(src, ref, out) for (src, ref), out in zip(pairs, outputs)]
