@@ -83,6 +83,8 @@ class Translator:
     max_prompt_tokens: prompts longer than this have their source cut (and are counted).
     beam_size: above 1, beam search with this many beams (greedy: 1), ranking hypotheses by
       log-probability over GNMT's length penalty with exponent ``length_penalty``.
+    stop_pieces: pieces that also end an output, such as ``'\n'`` for a pretrained model's
+      one-line answers (each must be a single piece of the vocabulary); cut from the output.
     mesh: decode on this mesh, each batch sharded over its batch axes (``batch_size`` rounded up
       to a multiple of their size); in a multi-process job every process must call ``translate``
       with the same sources. None: wherever ``params`` are.
@@ -102,6 +104,7 @@ class Translator:
   max_prompt_tokens: int = PROMPT_BUCKETS[-1]
   beam_size: int = 1
   length_penalty: float = 0.6
+  stop_pieces: tuple[str, ...] = ()
   mesh: Mesh | None = None
 
   def __post_init__(self):
@@ -137,6 +140,7 @@ class Translator:
         cache_length=self.max_prompt_tokens + self.max_new_tokens,
         max_out_length=self.max_new_tokens,
         pad_length=buckets + (self.max_prompt_tokens,),
+        stop_tokens=self.stop_pieces or None,
     )
 
   def _sampling_method(self) -> Any:
@@ -178,8 +182,10 @@ class Translator:
         batch_prompts += batch_prompts[-1:] * (rows - len(batch))
       texts = self._decode_batch(batch_prompts, rng=self.seed + start)
       for index, text in zip(batch, texts):
-        # The sampler stops after an end-of-turn token but keeps its text.
-        outputs[index] = text.split(END_OF_TURN)[0].strip()
+        # The sampler stops after an end-of-turn or stop piece but keeps its text.
+        for end in (END_OF_TURN, *self.stop_pieces):
+          text = text.split(end)[0]
+        outputs[index] = text.strip()
       on_batch(len(batch))
     on_batch(len(sources) - len(prompts))
     return Translations(outputs, truncated)

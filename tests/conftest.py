@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import jax
 import pytest
@@ -43,3 +44,14 @@ def subprocess_env() -> dict[str, str]:
   env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env
+
+
+def readme_blocks(language: str) -> list[str]:
+  """The ```language fenced blocks of README.md."""
+  return re.findall(rf'```{language}\n(.*?)```', (REPO / 'README.md').read_text(), flags=re.DOTALL)
+
+
+def readme_bash_block(containing: str) -> str:
+  """The first bash block of README.md that contains ``containing``, lines stripped."""
+  block = next(b for b in readme_blocks('bash') if containing in b)
+  return '\n'.join(line.strip() for line in block.strip().splitlines())

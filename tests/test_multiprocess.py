@@ -11,13 +11,13 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, readme_bash_block, subprocess_env
 
-# A constant rate so that a run stopped by a smaller --max_steps follows the same schedule.
-FLAGS = ['--batch_size=16', '--eval_batch_size=16', '--log_every_n=1', '--eval_every_n=100',
-         '--save_every_n=3', '--num_translations=0', '--bleu_examples=0',
-         '--lr_schedule=constant',
-         '--warmup_steps=0']
+# The demo's flagfile, as README's launch command uses it, then a constant rate so that a run
+# stopped by a smaller --max_steps follows the same schedule (absl: the last value wins).
+FLAGS = ['--flagfile=configs/demo.flags', '--batch_size=16', '--eval_batch_size=16',
+         '--log_every_n=1', '--eval_every_n=100', '--save_every_n=3', '--num_translations=0',
+         '--bleu_examples=0', '--lr_schedule=constant', '--warmup_steps=0']
 
 
 # The last leg of a job also translates: BLEU of 16 pairs and 4 sample translations at its end.
@@ -71,7 +71,14 @@ def test_checkpoints_move_between_two_processes_and_one(one_process_reference, t
   """2 processes → 1 process → 2 processes, one run: every leg resumes where the last stopped,
   and the losses are the one-process run's (2 × 4 devices == 1 × 8); so are the BLEU and the
   translations of the last leg, each process decoding its rows of every batch."""
-  done = _launch(tmp_path, 3)
+  # The first leg is README's launch command as written, shortened and pointed at tmp_path.
+  readme_launch = ' '.join(readme_bash_block('gemma_mt.launch').replace('\\\n', ' ').split())
+  assert readme_launch.startswith('.venv/bin/python -m gemma_mt.launch --num_processes=2 '
+                                  '--cpu_devices_per_process=4 -- --flagfile=configs/demo.flags')
+  done = subprocess.run(['bash', '-c', ' '.join([readme_launch, *FLAGS[1:], '--max_steps=3',
+                                                 f'--workdir={tmp_path}'])],
+                        cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert '[process 1]' in done.stderr and 'final eval_loss' in done.stdout
   assert done.stdout.count('final eval_loss') == 1  # only process 0 reports

@@ -1,26 +1,12 @@
 """The examples in README.md run as written, in a scratch directory: its Python blocks, and its
-shell commands for statistics, a two-process launch and an export (a training command gets
-flags appended that shorten it; absl lets the last value of a flag win)."""
+shell commands for statistics and an export. (Its two-process launch command is the first leg
+of tests/test_multiprocess.py's chain test.)"""
 
 import os
-import re
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
-
-SHORTEN = (' --max_steps=4 --eval_every_n=4 --save_every_n=4 --num_translations=0'
-           ' --bleu_examples=0')
-
-
-def _blocks(language: str) -> list[str]:
-  return re.findall(rf'```{language}\n(.*?)```', (REPO / 'README.md').read_text(), flags=re.DOTALL)
-
-
-def _bash_block(containing: str) -> str:
-  block = next(b for b in _blocks('bash') if containing in b)
-  return '\n'.join(line.strip() for line in block.strip().splitlines())
-
+from conftest import REPO, readme_bash_block, readme_blocks, subprocess_env
 
 def _scratch(tmp_path, mtnt_valid_tsv):
   """A directory that looks like the repository root to the README's commands."""
@@ -35,30 +21,26 @@ def _bash(command: str, cwd) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300)
 
 
-def test_shell_examples_stats_launch_and_export(tmp_path, mtnt_valid_tsv):
+def test_readme_examples(tmp_path, mtnt_valid_tsv):
+  """Statistics, the library's training example (``runs/mine``), the export command (its
+  ``runs/demo`` is that run) and the Python block that loads the export."""
   _scratch(tmp_path, mtnt_valid_tsv)
-  stats = _bash(_bash_block('gemma_mt.stats'), tmp_path)
+  stats = _bash(readme_bash_block('gemma_mt.stats'), tmp_path)
   assert stats.returncode == 0, stats.stderr[-3000:]
   assert 'MTNT/{split}/{split}.en-fr.tsv split valid' in stats.stdout
   assert '"split": "train"' in stats.stdout
-  launch = _bash(_bash_block('gemma_mt.launch').replace('\\\n', ' ') + SHORTEN +
-                 ' --workdir=runs/demo', tmp_path)
-  assert launch.returncode == 0, launch.stderr[-3000:]
-  assert '[process 1]' in launch.stderr and 'final eval_loss' in launch.stdout
-  export = _bash(_bash_block('gemma_mt.export').splitlines()[0], tmp_path)
-  assert export.returncode == 0, export.stderr[-3000:]
-  load_block = next(b for b in _blocks('python') if 'PyTreeCheckpointer().restore' in b)
-  done = subprocess.run([sys.executable, '-c', load_block], cwd=tmp_path, env=subprocess_env(),
-                        capture_output=True, text=True, timeout=120)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert '(1, 11, 1024)' in done.stdout
-
-
-def test_library_examples(tmp_path):
-  blocks = _blocks('python')
+  blocks = readme_blocks('python')
   train_block = next(b for b in blocks if 'train_and_evaluate(TrainConfig' in b)
   pieces_block = next(b for b in blocks if 'train_step = jax.jit' in b)
   for block in (train_block, pieces_block):
     done = subprocess.run([sys.executable, '-c', block], cwd=tmp_path, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+  (tmp_path / 'runs' / 'demo').symlink_to(tmp_path / 'runs' / 'mine')
+  export = _bash(readme_bash_block('gemma_mt.export').splitlines()[0], tmp_path)
+  assert export.returncode == 0, export.stderr[-3000:]
+  load_block = next(b for b in blocks if 'PyTreeCheckpointer().restore' in b)
+  done = subprocess.run([sys.executable, '-c', load_block], cwd=tmp_path, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '(1, 11, 1024)' in done.stdout

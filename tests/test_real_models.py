@@ -371,6 +371,52 @@ def test_orbax_checkpoint_of_another_shape_names_the_parameter(tmp_path):
     resolved.load_params(_abstract(resolved.spec, _mesh()))
 
 
+def test_gguf_metadata_reader_reads_what_the_gguf_package_reads(tmp_path):
+  """``read_gguf`` against ``gguf.GGUFReader``: every value type, string and number arrays, and
+  float32, float16 and quantized tensors at a non-default alignment."""
+  import gguf as gguf_lib
+  path = tmp_path / 'types.gguf'
+  writer = gguf_lib.GGUFWriter(str(path), 'gemma3')
+  writer.add_custom_alignment(256)
+  writer.add_string('general.name', 'Gemma 3 test — é')
+  writer.add_bool('a.bool', True)
+  writer.add_int8('a.int8', -3)
+  writer.add_uint16('a.uint16', 65000)
+  writer.add_int64('a.int64', -(1 << 40))
+  writer.add_float32('a.float32', 0.25)
+  writer.add_float64('a.float64', 1e-300)
+  writer.add_array('tokenizer.ggml.tokens', ['<pad>', '▁le', '\n', ''])
+  writer.add_array('tokenizer.ggml.scores', [0.0, -1.5, -2.0, 3.25])
+  writer.add_array('tokenizer.ggml.token_type', [3, 1, 6, 1])
+  rng = np.random.default_rng(0)
+  writer.add_tensor('token_embd.weight', rng.standard_normal((4, 32)).astype(np.float32))
+  writer.add_tensor('output_norm.weight', rng.standard_normal((32,)).astype(np.float16))
+  quantized = gguf_lib.quants.quantize(rng.standard_normal((2, 64)).astype(np.float32),
+                                       gguf_lib.GGMLQuantizationType.Q8_0)
+  writer.add_tensor('blk.0.ffn_up.weight', quantized, raw_shape=quantized.shape,
+                    raw_dtype=gguf_lib.GGMLQuantizationType.Q8_0)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+  fields, tensors = gguf.read_gguf(str(path))
+  reader = gguf_lib.GGUFReader(str(path))
+  expected = {k: f.contents() for k, f in reader.fields.items() if not k.startswith('GGUF.')}
+  assert list(fields) == list(expected)
+  for key, value in expected.items():
+    assert np.asarray(fields[key]).tolist() == np.asarray(value).tolist(), key
+  assert isinstance(fields['tokenizer.ggml.tokens'], list) and fields['a.float64'] == 1e-300
+  assert list(tensors) == [t.name for t in reader.tensors]
+  for theirs in reader.tensors:
+    ours = tensors[theirs.name]
+    assert ours.tensor_type == theirs.tensor_type and ours.shape == tuple(theirs.shape.tolist())
+    assert ours.data.dtype == theirs.data.dtype and np.array_equal(ours.data, theirs.data)
+  with pytest.raises(gguf.GGUFError, match='is not a readable GGUF file'):
+    path.write_bytes(b'GGUF' + bytes(40))
+    gguf.GGUFFile(str(path))
+
+
 def test_gguf_of_another_architecture_is_refused(tmp_path):
   import gguf as gguf_lib
   path = tmp_path / 'llama.gguf'

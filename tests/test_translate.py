@@ -108,13 +108,17 @@ def _reference_beam_search(model, params, prompt_ids, k, alpha, max_new_tokens, 
   return [t for t in best if t not in end_ids]
 
 
+def _demo_sources(count: int) -> list[str]:
+  from gemma_mt.data import sources
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  return [source for source, _ in pairs[:count]]
+
+
 @TRAINED
 def test_beam_search_finds_what_a_cacheless_beam_search_finds(demo_tokenizer, trained):
-  from gemma_mt.data import sources
   model = models.get_model_spec('tiny').transformer(jnp.float32)
   params = trained[1].state.params
-  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
-  sources_ = [s for s, _ in pairs[:5]]
+  sources_ = _demo_sources(5)
   end_ids = {demo_tokenizer.eos_id, demo_tokenizer.piece_id('<end_of_turn>')}
   gm_tokenizer = gemma_text_tokenizer(demo_tokenizer)
   greedy = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
@@ -150,13 +154,11 @@ def test_beam_search_stops_at_eos_and_at_the_budget(demo_tokenizer):
 @TRAINED
 def test_decoding_on_the_training_mesh_gives_the_single_device_outputs(demo_tokenizer, trained):
   import jax
-  from gemma_mt.data import sources
   from gemma_mt.train import sharding
   from gemma_mt.train.mesh_spec import MeshSpec
   model = models.get_model_spec('tiny').transformer(jnp.float32)
   params = trained[1].state.params
-  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
-  sources_ = [s for s, _ in pairs[:11]]
+  sources_ = _demo_sources(11)
   mesh = sharding.make_mesh(MeshSpec(data=2, fsdp=2, tensor=2))
   sharded = jax.device_put(params, sharding.param_shardings(mesh, params))
   expected = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
