@@ -114,3 +114,50 @@ def test_packed_loss_equals_unpacked_loss(tiny, demo_tokenizer):
   loss_unpacked, sums_unpacked = step_lib.mean_loss(params, unpacked, model, 0)
   assert float(sums_packed.num_tokens) == float(sums_unpacked.num_tokens)
   np.testing.assert_allclose(float(loss_packed), float(loss_unpacked), rtol=1e-5)
+
+
+def _softcapped_tiny(vocab: int = 1024, softcap: float | None = 30.0):
+  """The tiny model with Gemma 2's final logit soft-capping (and another vocabulary size)."""
+  import dataclasses
+  from gemma import gm
+  config = dataclasses.replace(models.get_model_spec('tiny').transformer_config(),
+                               final_logit_softcap=softcap, num_embed=vocab)
+  return gm.nn.Transformer(config=config, dtype=jnp.float32)
+
+
+@pytest.mark.parametrize('softcap', [None, 30.0])
+def test_chunked_loss_has_the_same_value_and_gradients(tiny, softcap, demo_tokenizer):
+  from gemma_mt.data import pipeline, records, sources
+  model = _softcapped_tiny(softcap=softcap)
+  params = models.init_params(model, 0, 16)
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  examples, _ = pipeline.encode_examples(pairs[:24], demo_tokenizer, records.PromptFormat(), 32)
+  packed = next(pipeline.make_iterator(pipeline.packed_train_dataset(
+      examples, max_seq_len=32, pad_id=0, global_batch_size=4, seed=0, num_epochs=1)))
+  for batch in (_batch(), packed):  # padded rows (length 16) and packed rows (length 32)
+    full = step_lib.summed_gradients(params, batch, model=model, pad_id=0)
+    for chunk in (5, 16):  # 5 leaves a padded last chunk
+      chunked = step_lib.summed_gradients(params, batch, model=model, pad_id=0,
+                                          loss_chunk=chunk)
+      np.testing.assert_allclose(np.array(chunked[1]), np.array(full[1]), rtol=1e-5)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                   chunked[0], full[0])
+    np.testing.assert_allclose(
+        np.array(step_lib.eval_step(params, batch, model=model, pad_id=0, loss_chunk=7)),
+        np.array(step_lib.eval_step(params, batch, model=model, pad_id=0)), rtol=1e-5)
+
+
+def test_chunked_loss_never_holds_the_full_logits():
+  """A 262,144-piece vocabulary: the compiled step's temporaries are less than the full float32
+  logits with chunks of 8 positions, more than twice that without."""
+  model = _softcapped_tiny(vocab=262_144)
+  abstract_params = jax.eval_shape(lambda: models.init_params(model, 0, 8))
+  batch = jax.eval_shape(lambda: _batch(rows=8, length=64))
+  logits_bytes = 8 * 64 * 262_144 * 4
+
+  def temporaries(loss_chunk: int) -> int:
+    grad = jax.jit(functools.partial(step_lib.summed_gradients, model=model, pad_id=0,
+                                     loss_chunk=loss_chunk))
+    return grad.lower(abstract_params, batch).compile().memory_analysis().temp_size_in_bytes
+
+  assert temporaries(8) < logits_bytes < temporaries(0) / 2

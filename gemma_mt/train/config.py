@@ -64,6 +64,7 @@ class TrainConfig:
   param_dtype: str = 'float32'
   compute_dtype: str = 'float32'
   remat: str = 'none'
+  loss_chunk: int = 0
   mesh: str = ''
   peak_tflops_per_device: float = 0.0
   eval_every_n: int = 200
@@ -112,7 +113,7 @@ class TrainConfig:
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}')
     for name in ('num_epochs', 'max_steps', 'warmup_steps', 'num_translations',
-                 'max_new_tokens', 'seed'):
+                 'max_new_tokens', 'seed', 'loss_chunk'):
       if getattr(self, name) < 0:
         raise ConfigError(f'--{name} must be zero or positive, got {getattr(self, name)}')
     if self.batch_size % self.grad_accum_steps:

@@ -56,6 +56,10 @@ _HELP = {
     'compute_dtype': 'Dtype of the forward and backward pass: float32 or bfloat16.',
     'remat': 'none: keep activations for the backward pass; block: recompute each block\'s '
              '(less memory, about a third more compute).',
+    'loss_chunk': 'Compute the loss from the final hidden states this many positions at a time, '
+                  'recomputing each chunk\'s logits in the backward pass, so that the full '
+                  '[batch, length, vocabulary] float32 logits never exist (gemma models); 0: '
+                  'from the full logits. The same loss and gradients.',
     'mesh': 'Device mesh data:D,fsdp:F,tensor:T over all devices of all processes; one size may '
             'be -1 for the rest. Empty: every device on data.',
     'peak_tflops_per_device': 'Peak TFLOP/s of one device, for MFU; 0 looks it up for known '

@@ -251,13 +251,15 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, optimizer=optimizer,
                         pad_id=pad_id, learning_rate_fn=schedule,
-                        grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype),
+                        grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype,
+                        loss_chunk=config.loss_chunk),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
   ).lower(abstract_state, abstract_batch).compile()
   eval_fn = jax.jit(
-      functools.partial(step_lib.eval_step, model=model, pad_id=pad_id),
+      functools.partial(step_lib.eval_step, model=model, pad_id=pad_id,
+                        loss_chunk=config.loss_chunk),
       in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=sharding.replicated(mesh),
   )

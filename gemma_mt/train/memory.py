@@ -65,6 +65,9 @@ class MemoryPlan:
     hints = []
     if self.params + self.opt_state + self.gradients > self.activations and mesh.shape['fsdp'] < mesh.size:
       hints.append(f'shard parameters and optimizer state over more devices (--mesh=fsdp:{mesh.size})')
+    if config.loss_chunk == 0:
+      hints.append('compute the loss a few positions at a time, never holding the full logits '
+                   '(--loss_chunk=8)')
     if config.remat == 'none':
       hints.append('recompute activations in the backward pass (--remat=block)')
     if config.compute_dtype == 'float32':

@@ -68,6 +68,60 @@ def loss_sums(logits: jax.Array, batch: TrainingInput) -> LossSums:
   )
 
 
+def chunked_loss_sums(hidden: jax.Array, embedding: jax.Array, softcap: float | None,
+                      batch: TrainingInput, chunk: int) -> LossSums:
+  """``loss_sums`` of a gemma model's logits ``softcap(hidden @ embedding.T)``, ``chunk``
+  positions of every row at a time.
+
+  ``hidden[B, L, D]`` are the final hidden states and ``embedding[V, D]`` the tied output
+  projection. Each chunk's ``[B, chunk, V]`` float32 logits live only inside its step of a scan,
+  and under ``jax.checkpoint`` the backward pass recomputes them from the chunk's hidden states
+  instead of keeping them: the full ``[B, L, V]`` logits never exist.
+  """
+  batch_size, length = batch.input_tokens.shape
+  steps = -(-(length - 1) // chunk)
+  pad = steps * chunk - (length - 1)
+
+  def chunks(x: jax.Array) -> jax.Array:
+    """``[B, L - 1, ...]`` → ``[steps, B, chunk, ...]``, the tail padded (with zero weight)."""
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.swapaxes(x.reshape((batch_size, steps, chunk) + x.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def chunk_sums(carry: LossSums, inputs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[
+      LossSums, None]:
+    h, labels, weights = inputs
+    logits = jnp.dot(h, embedding.T)  # in the model's dtype, as its own decode
+    if softcap is not None:
+      logits = jnp.tanh(logits / softcap) * softcap
+    logits = logits.astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return LossSums(carry.loss_sum + jnp.sum(token_loss * weights),
+                    carry.num_tokens + jnp.sum(weights),
+                    carry.num_correct + jnp.sum(correct * weights)), None
+
+  zeros = LossSums(*(jnp.zeros((), jnp.float32),) * 3)
+  sums, _ = jax.lax.scan(chunk_sums, zeros, (
+      chunks(hidden[:, :-1]), chunks(batch.input_tokens[:, 1:]),
+      chunks(batch.target_mask[:, 1:].astype(jnp.float32))))
+  return sums
+
+
+def batch_loss_sums(model: Any, params: Params, batch: TrainingInput, pad_id: int,
+                    loss_chunk: int = 0) -> LossSums:
+  """``loss_sums`` of ``model`` on a batch: from its full logits, or (``loss_chunk`` > 0, gemma
+  models) ``chunked_loss_sums`` of its final hidden states, ``loss_chunk`` positions at a time."""
+  if not loss_chunk:
+    return loss_sums(model_logits(model, params, batch, pad_id), batch)
+  positions, attention_mask = attention_inputs(batch, pad_id)
+  # The logits the model also returns are unused, so jit leaves them out of the program.
+  output = model.apply({'params': params}, batch.input_tokens, positions=positions,
+                       attention_mask=attention_mask, return_hidden_states=True)
+  return chunked_loss_sums(output.hidden_states, params['embedder']['input_embedding'],
+                           model.config.final_logit_softcap, batch, loss_chunk)
+
+
 def model_logits(model: Any, params: Params, batch: TrainingInput, pad_id: int) -> jax.Array:
   """``float[B, L, V]`` logits of ``model`` on the batch's tokens."""
   positions, attention_mask = attention_inputs(batch, pad_id)
@@ -76,18 +130,18 @@ def model_logits(model: Any, params: Params, batch: TrainingInput, pad_id: int) 
   return output.logits
 
 
-def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int) -> tuple[
-    jax.Array, LossSums]:
+def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
+              loss_chunk: int = 0) -> tuple[jax.Array, LossSums]:
   """The loss to differentiate: summed target-token loss / number of target tokens."""
-  loss_sum, sums = _summed_loss(params, batch, model, pad_id, None)
+  loss_sum, sums = _summed_loss(params, batch, model, pad_id, None, loss_chunk)
   return loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
 
 
 def _summed_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
-                 compute_dtype: Any) -> tuple[jax.Array, LossSums]:
+                 compute_dtype: Any, loss_chunk: int = 0) -> tuple[jax.Array, LossSums]:
   if compute_dtype is not None:
     params = jax.tree.map(lambda x: x.astype(compute_dtype), params)
-  sums = loss_sums(model_logits(model, params, batch, pad_id), batch)
+  sums = batch_loss_sums(model, params, batch, pad_id, loss_chunk)
   return sums.loss_sum, sums
 
 
@@ -99,18 +153,18 @@ def microbatches(batch: TrainingInput, num: int) -> TrainingInput:
 
 
 def summed_gradients(params: Params, batch: TrainingInput, *, model: Any, pad_id: int,
-                     grad_accum_steps: int = 1, compute_dtype: Any = None) -> tuple[
-                         Params, LossSums]:
+                     grad_accum_steps: int = 1, compute_dtype: Any = None,
+                     loss_chunk: int = 0) -> tuple[Params, LossSums]:
   """Gradients of the summed target-token loss and the sums, over ``grad_accum_steps`` pieces.
 
   Accumulating sums (not means) makes the accumulated step equal the one big-batch step.
   """
   grad_fn = jax.grad(_summed_loss, has_aux=True)
   if grad_accum_steps == 1:
-    return grad_fn(params, batch, model, pad_id, compute_dtype)
+    return grad_fn(params, batch, model, pad_id, compute_dtype, loss_chunk)
 
   def accumulate(carry, micro):
-    grads, sums = grad_fn(params, micro, model, pad_id, compute_dtype)
+    grads, sums = grad_fn(params, micro, model, pad_id, compute_dtype, loss_chunk)
     return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
   zeros = (jax.tree.map(jnp.zeros_like, params), LossSums(*(jnp.zeros((), jnp.float32),) * 3))
@@ -136,14 +190,17 @@ def train_step(
     learning_rate_fn: optax.Schedule | None = None,
     grad_accum_steps: int = 1,
     compute_dtype: Any = None,
+    loss_chunk: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics.
 
   The loss is the cross-entropy summed over every target token of the batch divided by their
-  number; ``compute_dtype`` (e.g. bfloat16) is the dtype the forward pass runs in.
+  number; ``compute_dtype`` (e.g. bfloat16) is the dtype the forward pass runs in;
+  ``loss_chunk`` > 0 computes it ``chunked_loss_sums``' way.
   """
   grads, sums = summed_gradients(state.params, batch, model=model, pad_id=pad_id,
-                                 grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype)
+                                 grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype,
+                                 loss_chunk=loss_chunk)
   num_tokens = jnp.maximum(sums.num_tokens, 1.0)
   grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -161,6 +218,7 @@ def train_step(
   return new_state, metrics
 
 
-def eval_step(params: Params, batch: TrainingInput, *, model: Any, pad_id: int) -> LossSums:
+def eval_step(params: Params, batch: TrainingInput, *, model: Any, pad_id: int,
+              loss_chunk: int = 0) -> LossSums:
   """Loss sums of one evaluation batch; padding rows add nothing."""
-  return loss_sums(model_logits(model, params, batch, pad_id), batch)
+  return batch_loss_sums(model, params, batch, pad_id, loss_chunk)

@@ -1,0 +1,116 @@
+"""Benchmark: decoding throughput of ``gemma_mt.decoding.Translator`` (what ``gemma_mt.translate``
+runs) against gemma's own ``gm.text.Sampler`` called one sentence at a time.
+
+    .venv/bin/python bench/decode.py            # the real Gemma 3 270M (GGUF), 32 MTNT sentences
+    .venv/bin/python bench/decode.py --quick    # seconds: the tiny model, random weights
+
+Every row translates the same English sentences (the first ``--sentences`` of the offline MTNT
+file) with the same prompt (``English: … / French:``; an answer ends at its first line break, as
+in ``bench/mtnt_quality.py``'s zero-shot rows), cache length and ``--max_new_tokens``. Each row
+runs twice and the second run is timed, so compilation is not counted. Generated tokens are the
+outputs' tokens plus their end token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+MTNT_VALID = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
+PREFIX, SUFFIX = 'English: ', '\nFrench:'
+
+
+def sentences(args: argparse.Namespace) -> list[str]:
+  from gemma_mt.data import sources
+
+  if args.quick or not MTNT_VALID.is_file():
+    pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  else:
+    lines = MTNT_VALID.read_text(encoding='utf-8').splitlines()
+    pairs = sources.parse_mtnt_tsv(lines, quoting='none')[0]
+  return [source for source, _ in pairs[: args.sentences]]
+
+
+def timed(translate, texts: list[str]) -> tuple[list[str], float]:
+  translate(texts)  # compiles
+  start = time.perf_counter()
+  outputs = translate(texts)
+  return outputs, time.perf_counter() - start
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--quick', action='store_true', help='the tiny model, random weights')
+  parser.add_argument('--ckpt', default='gguf:gemma3-270m')
+  parser.add_argument('--sentences', type=int, default=32)
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--beam_size', type=int, default=4)
+  parser.add_argument('--max_new_tokens', type=int, default=48)
+  args = parser.parse_args()
+  if args.quick:
+    args.sentences, args.batch_size, args.max_new_tokens = 8, 8, 12
+
+  import jax
+  import jax.numpy as jnp
+  from gemma import gm
+  from gemma_mt import inference, models
+  from gemma_mt.data.records import PromptFormat
+  from gemma_mt.data.tokenizer import GemmaTokenizer
+  from gemma_mt.decoding import PROMPT_BUCKETS, Translator, gemma_text_tokenizer
+
+  if args.quick:
+    spec = models.get_model_spec('tiny')
+    model = spec.transformer(jnp.float32)
+    params, tokenizer, name = models.init_params(model, 0, 8), GemmaTokenizer(
+        spec.tokenizer_path), 'tiny (random init)'
+  else:
+    loaded = inference.from_source(args.ckpt)
+    model, params, tokenizer, name = loaded.model, loaded.params, loaded.tokenizer, args.ckpt
+  texts = sentences(args)
+  prompt_format = PromptFormat(PREFIX, SUFFIX)
+  stop = ('\n',) if tokenizer.piece_id('\n') is not None else ()
+  common = dict(max_new_tokens=args.max_new_tokens, stop_pieces=stop)
+
+  # gemma's Sampler as its documentation calls it, one prompt at a time, with the Translator's
+  # cache length and prompt padding (so that only batching and beams differ).
+  sampler = gm.text.Sampler(
+      model=model, params=params, tokenizer=gemma_text_tokenizer(tokenizer),
+      cache_length=PROMPT_BUCKETS[-1] + args.max_new_tokens,
+      max_out_length=args.max_new_tokens, pad_length=PROMPT_BUCKETS, stop_tokens=stop or None)
+
+  def one_at_a_time(batch: list[str]) -> list[str]:
+    return [sampler.sample(prompt_format.render(t), max_new_tokens=args.max_new_tokens)
+            .split('\n')[0].strip() for t in batch]
+
+  rows = [('gm.text.Sampler, one sentence at a time', 1, 'greedy', one_at_a_time)]
+  for batch_size, beam_size in ((1, 1), (args.batch_size, 1), (1, args.beam_size),
+                                (args.batch_size, args.beam_size)):
+    translator = Translator(model, params, tokenizer, prompt_format, batch_size=batch_size,
+                            beam_size=beam_size, **common)
+    rows.append(('Translator', batch_size, 'greedy' if beam_size == 1 else f'beam {beam_size}',
+                 translator))
+
+  results = []
+  for label, batch_size, decoding, translate in rows:
+    outputs, seconds = timed(translate, texts)
+    tokens = sum(len(tokenizer.encode(o)) + 1 for o in outputs)
+    results.append((label, batch_size, decoding, len(texts) / seconds, tokens / seconds, seconds))
+  base = results[0][3]
+  print(f'## Decoding throughput: {name}, {len(texts)} sentences, up to {args.max_new_tokens} '
+        f'new tokens, {jax.devices()[0].platform.upper()} ({jax.device_count()} device)\n')
+  print('| decoder | batch | decoding | sentences/s | generated tokens/s | wall (s) | '
+        'sentences/s ÷ Sampler one at a time |')
+  print('|---|---|---|---|---|---|---|')
+  for label, batch_size, decoding, per_s, tokens_per_s, seconds in results:
+    print(f'| {label} | {batch_size} | {decoding} | {per_s:.2f} | {tokens_per_s:.1f} | '
+          f'{seconds:.1f} | {per_s / base:.2f} |')
+
+
+if __name__ == '__main__':
+  main()
