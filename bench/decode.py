@@ -3,6 +3,7 @@ runs) against gemma's own ``gm.text.Sampler`` called one sentence at a time.
 
     .venv/bin/python bench/decode.py            # the real Gemma 3 270M (GGUF), 32 MTNT sentences
     .venv/bin/python bench/decode.py --quick    # seconds: the tiny model, random weights
+    python bench/decode.py --model=gemma3-1b --tokenizer=T   # a shape with random weights (GPU)
 
 Every row translates the same English sentences (the first ``--sentences`` of the offline MTNT
 file) with the same prompt (``English: … / French:``; an answer ends at its first line break, as
@@ -48,6 +49,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--quick', action='store_true', help='the tiny model, random weights')
   parser.add_argument('--ckpt', default='gguf:gemma3-270m')
+  parser.add_argument('--model', default='', help='instead of --ckpt: this shape, random weights')
+  parser.add_argument('--tokenizer', default='', help='with --model: its tokenizer.model '
+                      '(default: Gemma 3\'s, rebuilt from the GGUF package)')
   parser.add_argument('--sentences', type=int, default=32)
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--beam_size', type=int, default=4)
@@ -64,11 +68,17 @@ def main() -> None:
   from gemma_mt.data.tokenizer import GemmaTokenizer
   from gemma_mt.decoding import PROMPT_BUCKETS, Translator, gemma_text_tokenizer
 
-  if args.quick:
-    spec = models.get_model_spec('tiny')
-    model = spec.transformer(jnp.float32)
-    params, tokenizer, name = models.init_params(model, 0, 8), GemmaTokenizer(
-        spec.tokenizer_path), 'tiny (random init)'
+  if args.quick or args.model:
+    spec = models.get_model_spec(args.model or 'tiny')
+    dtype = jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
+    model = spec.transformer(dtype)
+    if spec.tokenizer_path:
+      tokenizer_path = spec.tokenizer_path
+    else:
+      from gemma_mt.models import sources as model_sources
+      tokenizer_path = args.tokenizer or model_sources.resolve('gguf:gemma3-270m').tokenizer_path
+    params, tokenizer = models.init_params(model, 0, 8), GemmaTokenizer(tokenizer_path)
+    name = f'{spec.name} (random init, {jnp.dtype(dtype).name})'
   else:
     loaded = inference.from_source(args.ckpt)
     model, params, tokenizer, name = loaded.model, loaded.params, loaded.tokenizer, args.ckpt

@@ -1,12 +1,13 @@
 """Benchmark: training-step throughput and MFU, one device vs a mesh of 8 (CPU), or on a GPU.
 
     .venv/bin/python bench/step_throughput.py [--model=bench --seq_len=128 --batch_size=64]
-    python bench/step_throughput.py --gpu      # the GPU table (Gemma 2B architecture, bfloat16)
+    python bench/step_throughput.py --gpu      # GPU tables: Gemma 2B and Gemma 3 1B shapes, bf16
 
 On CPU each row runs in its own process (the number of CPU devices is fixed when JAX starts):
 the float32 matmul rate measured in that process is the peak that MFU is taken against. On a GPU
 the peak is the bfloat16 matmul rate measured there, and the published peak of the chip is shown
-too. The step is the library's own jitted, sharded `train_step` (AdamW) on random tokens.
+too; each model runs at the largest batch of 32/16/8 whose compiled step fits (the memory plan
+of ``--dry_run``). The step is the library's own jitted, sharded `train_step` (AdamW) on random tokens.
 """
 
 from __future__ import annotations
@@ -111,6 +112,25 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   }
 
 
+def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int,
+                          dtype: str) -> int:
+  """The first of ``batches`` whose compiled step (XLA's memory analysis) fits the device."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  sys.path.insert(0, REPO)
+  from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
+
+  name = 'gemma-2b' if model == 'gemma-2b-architecture' else model
+  for batch_size in batches:
+    config = config_lib.TrainConfig(model=name, batch_size=batch_size, max_seq_len=seq_len,
+                                    param_dtype=dtype, compute_dtype=dtype, max_steps=1)
+    run, _ = loop.plan_memory(config, devices=jax.devices()[:1])
+    if run.memory_plan.fits():
+      return batch_size
+  return batches[-1]
+
+
 def _print_rows(rows: list[dict], title: str) -> None:
   base = rows[0]['tokens_per_s']
   print(title)
@@ -139,17 +159,15 @@ def main() -> None:
   if args.quick:
     args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
   if args.gpu:
-    rows = [measure(model='gemma-2b-architecture', devices=0, mesh='', batch_size=8,
-                    seq_len=512, steps=5, dtype='bfloat16'),
-            measure(model='bench', devices=0, mesh='', batch_size=64, seq_len=128, steps=5,
-                    dtype='bfloat16')]
-    for r in rows:
-      print(json.dumps(r))
-    _print_rows(rows[:1], f'{rows[0]["device_kind"]}: Gemma 2B architecture '
-                f'({rows[0]["params_m"]:.0f}M parameters), sequence 512, batch 8, bfloat16, '
-                f'AdamW; compile {rows[0]["compile_s"]:.0f} s')
-    _print_rows(rows[1:], f'{rows[1]["device_kind"]}: bench model ({rows[1]["params_m"]:.1f}M '
-                'parameters), sequence 128, batch 64, bfloat16, AdamW')
+    for model, label in (('gemma-2b-architecture', 'Gemma 2B architecture'),
+                         ('gemma3-1b', 'Gemma 3 1B architecture')):
+      batch_size = largest_fitting_batch(model, (32, 16, 8), seq_len=512, dtype='bfloat16')
+      row = measure(model=model, devices=0, mesh='', batch_size=batch_size, seq_len=512,
+                    steps=5, dtype='bfloat16')
+      print(json.dumps(row))
+      _print_rows([row], f'{row["device_kind"]}: {label} ({row["params_m"]:.0f}M parameters), '
+                  f'sequence 512, batch {batch_size} (the largest of 32/16/8 that fits), '
+                  f'bfloat16, AdamW; compile {row["compile_s"]:.0f} s')
     return
   if args.devices:
     print(json.dumps(measure(model=args.model, devices=args.devices, mesh=args.mesh,
