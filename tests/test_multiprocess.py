@@ -13,9 +13,11 @@ import pytest
 
 from conftest import REPO, readme_bash_block, subprocess_env
 
-# The demo's flagfile, as README's launch command uses it, then a constant rate so that a run
-# stopped by a smaller --max_steps follows the same schedule (absl: the last value wins).
-FLAGS = ['--flagfile=configs/demo.flags', '--batch_size=16', '--eval_batch_size=16',
+# The demo's flagfile first, as README's launch command uses it; then flags that override it
+# (absl: the last value wins), with a constant rate so that a run stopped by a smaller
+# --max_steps follows the same schedule.
+FLAGFILE = '--flagfile=configs/demo.flags'
+FLAGS = ['--batch_size=16', '--eval_batch_size=16',
          '--log_every_n=1', '--eval_every_n=100', '--save_every_n=3', '--num_translations=0',
          '--bleu_examples=0', '--lr_schedule=constant', '--warmup_steps=0']
 
@@ -26,15 +28,15 @@ TRANSLATE = ['--bleu_examples=16', '--num_translations=4']
 
 def _single(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, '-m', 'gemma_mt.train', f'--workdir={workdir}', f'--max_steps={steps}',
-       '--cpu_devices_per_process=8', *FLAGS, *extra],
+      [sys.executable, '-m', 'gemma_mt.train', FLAGFILE, f'--workdir={workdir}',
+       f'--max_steps={steps}', '--cpu_devices_per_process=8', *FLAGS, *extra],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
 def _launch_command(workdir, steps: int, *extra: str) -> list[str]:
   return [sys.executable, '-m', 'gemma_mt.launch', '--num_processes=2',
-          '--cpu_devices_per_process=4', '--', f'--workdir={workdir}', f'--max_steps={steps}',
-          *FLAGS, *extra]
+          '--cpu_devices_per_process=4', '--', FLAGFILE, f'--workdir={workdir}',
+          f'--max_steps={steps}', *FLAGS, *extra]
 
 
 def _launch(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
@@ -74,8 +76,8 @@ def test_checkpoints_move_between_two_processes_and_one(one_process_reference, t
   # The first leg is README's launch command as written, shortened and pointed at tmp_path.
   readme_launch = ' '.join(readme_bash_block('gemma_mt.launch').replace('\\\n', ' ').split())
   assert readme_launch.startswith('.venv/bin/python -m gemma_mt.launch --num_processes=2 '
-                                  '--cpu_devices_per_process=4 -- --flagfile=configs/demo.flags')
-  done = subprocess.run(['bash', '-c', ' '.join([readme_launch, *FLAGS[1:], '--max_steps=3',
+                                  f'--cpu_devices_per_process=4 -- {FLAGFILE}')
+  done = subprocess.run(['bash', '-c', ' '.join([readme_launch, *FLAGS, '--max_steps=3',
                                                  f'--workdir={tmp_path}'])],
                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                         timeout=300)

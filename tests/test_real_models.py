@@ -249,7 +249,9 @@ def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
 def _flagfile_config(name: str, **overrides):
   """The TrainConfig of ``configs/NAME`` (every flag in it must be a TrainConfig field)."""
   from gemma_mt.train.config import TrainConfig
-  kinds = {'int': int, 'float': float, 'str': str, 'bool': lambda v: v.lower() in ('true', '1')}
+  # A bare boolean flag (--packing) is true.
+  kinds = {'int': int, 'float': float, 'str': str,
+           'bool': lambda v: v.lower() in ('', 'true', '1')}
   types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
   values = {}
   for line in (REPO / 'configs' / name).read_text().splitlines():
@@ -308,7 +310,8 @@ def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   assert lines[-9] == 'memory plan per device:'
   assert lines[-2].startswith('  device memory') and 'DOES NOT FIT' in lines[-2]
   assert lines[-1].startswith(
-      'does not fit: recompute activations in the backward pass (--remat=block)')
+      'does not fit: compute the loss a few positions at a time, never holding the full logits '
+      '(--loss_chunk=8); recompute activations in the backward pass (--remat=block)')
   assert not workdir.exists()
 
 
@@ -466,27 +469,30 @@ def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
   return by_step
 
 
-def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt_splits,
-                                                                       tmp_path):
-  """The README's fine-tune of the real model: the CLI from the GGUF file, and the same run from
-  a Hugging Face copy of the same weights, stopped after 2 steps and resumed: bit-identical."""
+def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_path):
+  """The README's fine-tune of the real model: the CLI from the GGUF file, and the CLI from a
+  Hugging Face copy of the same weights: bit-identical. (Exact resume is the same code for every
+  model; the demo model's kill tests show it. Two CLI runs of one shape compile once: the
+  second reads the step from the persistent compilation cache.)"""
   from gemma_mt.export import export_params
-  from gemma_mt.train import checkpoint, loop
-  from gemma_mt.train.config import TrainConfig
+  from gemma_mt.train import checkpoint
 
   resolved, params, model = gemma3
   flags = dict(dataset=mtnt_splits, tsv_quoting='none', batch_size=4, eval_batch_size=8,
                max_seq_len=48, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0,
-               log_every_n=1, save_every_n=100, num_translations=0, bleu_examples=0)
-  cli = tmp_path / 'cli'
-  done = subprocess.run(
-      [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
-       '--max_steps=3', '--eval_every_n=3', '--cpu_devices_per_process=1',
-       *(f'--{k}={v}' for k, v in flags.items())],
-      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert 'final eval_loss' in done.stdout
+               log_every_n=1, save_every_n=100, num_translations=0, bleu_examples=0,
+               max_steps=3, eval_every_n=3, cpu_devices_per_process=1)
 
+  def train(workdir: pathlib.Path, ckpt: str) -> None:
+    done = subprocess.run(
+        [sys.executable, '-m', 'gemma_mt.train', f'--ckpt={ckpt}', f'--workdir={workdir}',
+         *(f'--{k}={v}' for k, v in flags.items())],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'final eval_loss' in done.stdout
+
+  cli = tmp_path / 'cli'
+  train(cli, 'gguf:gemma3-270m')
   hf_dir = tmp_path / 'hf'
   hf_dir.mkdir()
   (hf_dir / 'config.json').write_text(json.dumps(hf.hf_config(resolved.spec, 'float32')))
@@ -494,11 +500,9 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   hf.write_safetensors(str(hf_dir), hf.hf_tensors(params, resolved.spec.transformer_config()),
                        np.float32)
   lib = tmp_path / 'lib'
-  device = jax.devices()[:1]
-  config = TrainConfig(workdir=str(lib), ckpt=str(hf_dir), max_steps=2, eval_every_n=3, **flags)
-  loop.train_and_evaluate(config, devices=device)
-  resumed = loop.train_and_evaluate(dataclasses.replace(config, max_steps=3), devices=device)
-  assert resumed.step == 3
+  train(lib, str(hf_dir))
+  abstract = models.abstract_params(resolved.spec, jnp.float32)
+  trained_params = checkpoint.restore_params(str(lib), abstract)
 
   cli_metrics, lib_metrics = _metrics(cli), _metrics(lib)
   for step in range(1, 4):
@@ -507,9 +511,8 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   untrained = _eval_loss(model, params, resolved.tokenizer_path, mtnt_splits)
   assert lib_metrics[3]['eval_loss'] < untrained - 0.3, (untrained, lib_metrics)
   assert lib_metrics[3]['eval_loss'] == pytest.approx(
-      _eval_loss(model, resumed.state.params, resolved.tokenizer_path, mtnt_splits), rel=1e-5)
-  abstract = models.abstract_params(resolved.spec, jnp.float32)
-  _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), resumed.state.params)
+      _eval_loss(model, trained_params, resolved.tokenizer_path, mtnt_splits), rel=1e-5)
+  _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), trained_params)
   # The run's config records the source; its tokenizer is kept in the workdir.
   saved = json.loads((cli / 'checkpoints' / '3' / 'config' / 'metadata').read_text())
   assert saved['ckpt'] == 'gguf:gemma3-270m' and saved['model'] == 'gemma3-270m'
@@ -519,11 +522,11 @@ def test_finetune_270m_lowers_eval_loss_resumes_exactly_and_exports(gemma3, mtnt
   # Exports: the gemma library's layout reads back equal; transformers reads the HF one.
   gemma_export = tmp_path / 'export-gemma'
   export_params(str(lib), str(gemma_export))
-  _assert_bit_equal(gm.ckpts.load_params(gemma_export / 'params'), resumed.state.params)
+  _assert_bit_equal(gm.ckpts.load_params(gemma_export / 'params'), trained_params)
   hf_export = tmp_path / 'export-hf'
   export_params(str(lib), str(hf_export), export_format='hf')
   assert json.loads((hf_export / 'config.json').read_text())['model_type'] == 'gemma3_text'
-  ours = _logits(model, resumed.state.params)
+  ours = _logits(model, trained_params)
   theirs = _reference_logits(str(hf_export), tmp_path)
   assert np.abs(ours - theirs).max() < 1e-4
   assert not np.allclose(ours, _logits(model, params), atol=1e-3)  # it is the trained model

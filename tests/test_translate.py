@@ -89,14 +89,19 @@ def _reference_beam_search(model, params, prompt_ids, k, alpha, max_new_tokens, 
   import jax
   import numpy as np
 
-  forward = jax.jit(lambda tokens: jax.nn.log_softmax(
-      model.apply({'params': params}, tokens=tokens).logits[0, -1].astype(jnp.float32)))
+  # Causal attention: a row padded on the right gives the same logits up to its last token, so
+  # one padded length compiles once.
+  length = len(prompt_ids) + max_new_tokens
+  forward = jax.jit(lambda tokens, last: jax.nn.log_softmax(
+      model.apply({'params': params}, tokens=tokens).logits[0, last].astype(jnp.float32)))
   penalty = lambda length: ((5.0 + length) / 6.0) ** alpha
   alive, finished = [(0.0, [])], []
   for step in range(max_new_tokens):
     candidates = []
     for score, seq in alive:
-      log_probs = np.asarray(forward(jnp.asarray([prompt_ids + seq])))
+      ids = prompt_ids + seq
+      log_probs = np.asarray(forward(jnp.asarray([ids + [0] * (length - len(ids))]),
+                                     len(ids) - 1))
       candidates += [(score + log_probs[t], seq + [int(t)]) for t in np.argsort(-log_probs)[:2 * k]]
     candidates = sorted(candidates, key=lambda c: -c[0])[:2 * k]
     finished = sorted(finished + [(s / penalty(step + 1), seq) for s, seq in candidates
