@@ -311,7 +311,7 @@ def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   assert lines[-2].startswith('  device memory') and 'DOES NOT FIT' in lines[-2]
   assert lines[-1].startswith(
       'does not fit: compute the loss a few positions at a time, never holding the full logits '
-      '(--loss_chunk=8); recompute activations in the backward pass (--remat=block)')
+      '(--loss_chunk=32); recompute activations in the backward pass (--remat=block)')
   assert not workdir.exists()
 
 

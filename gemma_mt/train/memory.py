@@ -67,7 +67,7 @@ class MemoryPlan:
       hints.append(f'shard parameters and optimizer state over more devices (--mesh=fsdp:{mesh.size})')
     if config.loss_chunk == 0:
       hints.append('compute the loss a few positions at a time, never holding the full logits '
-                   '(--loss_chunk=8)')
+                   '(--loss_chunk=32)')
     if config.remat == 'none':
       hints.append('recompute activations in the backward pass (--remat=block)')
     if config.compute_dtype == 'float32':
