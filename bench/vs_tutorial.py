@@ -1,7 +1,7 @@
 """Benchmark: the reference tutorial's way of training against gemma_mt's, on the same MTNT pairs,
 tokenizer, model shape and batch shape, measured in one run.
 
-    .venv/bin/python bench/vs_tutorial.py            # the Gemma 3 270M shape, random weights (CPU)
+    .venv/bin/python bench/vs_tutorial.py            # the real Gemma 3 270M (GGUF), on CPU
     .venv/bin/python bench/vs_tutorial.py --quick    # seconds: the tiny model on the demo corpus
 
 Rows:
@@ -111,7 +111,7 @@ def tutorial_row(pairs, tokenizer, model, params, args) -> dict:
           'data_wait': sum(waits[1:]) / sum(times[1:])}
 
 
-def gemma_mt_row(data_dir: str, args, packing: bool, model_name: str, tokenizer_path: str) -> dict:
+def gemma_mt_row(data_dir: str, args, packing: bool) -> dict:
   """(b), (c): train_and_evaluate, one device, step metrics from metrics.jsonl."""
   import jax
   from gemma_mt.train import loop
@@ -119,7 +119,7 @@ def gemma_mt_row(data_dir: str, args, packing: bool, model_name: str, tokenizer_
 
   workdir = tempfile.mkdtemp(prefix='vs_tutorial_')
   config = TrainConfig(
-      workdir=workdir, model=model_name, tokenizer=tokenizer_path,
+      workdir=workdir, model='tiny' if args.quick else '', ckpt=args.ckpt,
       dataset=f'tsv:{data_dir}/{{split}}.tsv', tsv_quoting='none', packing=packing,
       max_seq_len=args.max_seq_len, batch_size=args.batch_size, eval_batch_size=args.batch_size,
       learning_rate=args.learning_rate, lr_schedule='constant', warmup_steps=0,
@@ -139,39 +139,40 @@ def gemma_mt_row(data_dir: str, args, packing: bool, model_name: str, tokenizer_
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--quick', action='store_true', help='the tiny model on the demo corpus')
-  parser.add_argument('--model', default='gemma3-270m', help='the shape (random weights)')
+  parser.add_argument('--ckpt', default='gguf:gemma3-270m', help='the model (its weights)')
   parser.add_argument('--max_seq_len', type=int, default=128)
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=4, help='timed steps per row')
   parser.add_argument('--learning_rate', type=float, default=1e-5)
   args = parser.parse_args()
   if args.quick:
-    args.model, args.max_seq_len, args.batch_size, args.steps = 'tiny', 48, 16, 3
+    args.ckpt, args.max_seq_len, args.batch_size, args.steps = '', 48, 16, 3
 
   import jax.numpy as jnp
-  from gemma_mt import models
+  from gemma_mt import inference, models
   from gemma_mt.data import sources
   from gemma_mt.data.tokenizer import GemmaTokenizer
   from gemma_mt.models import sources as model_sources
   from gemma_mt.train import perf
 
-  spec = models.get_model_spec(args.model)
   if args.quick:
+    spec = models.get_model_spec('tiny')
     pairs = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'train')[0]
     tokenizer_path = spec.tokenizer_path
+    model = spec.transformer(jnp.float32)
+    params = models.init_params(model, 0, 8)
   else:
     lines = MTNT_VALID.read_text(encoding='utf-8').splitlines()
     pairs = sources.parse_mtnt_tsv(lines, quoting='none')[0]
-    # The Gemma 3 tokenizer, rebuilt from the GGUF package's vocabulary (no weights are read).
-    tokenizer_path = model_sources.resolve('gguf:gemma3-270m').tokenizer_path
+    loaded = inference.from_source(args.ckpt)
+    spec = model_sources.resolve_run_model('', args.ckpt, '').spec
+    model, params, tokenizer_path = loaded.model, loaded.params, loaded.tokenizer.path
   tokenizer = GemmaTokenizer(tokenizer_path)
   data_dir = tempfile.mkdtemp(prefix='vs_tutorial_data_')
   for split, rows in (('train', pairs), ('valid', pairs[:args.batch_size])):
     pathlib.Path(data_dir, f'{split}.tsv').write_text(
         ''.join(f'{i}\t{s}\t{t}\n' for i, (s, t) in enumerate(rows)), encoding='utf-8')
 
-  model = spec.transformer(jnp.float32)
-  params = models.init_params(model, 0, 8)
   shape = spec.transformer_config()
   flops = perf.model_flops_per_step(
       num_params=models.count_params(params), num_layers=shape.num_layers,
@@ -182,12 +183,11 @@ def main() -> None:
                                                                     params, args))]
   del params
   for label, packing in (('(b) gemma_mt, padded', False), ('(c) gemma_mt, --packing', True)):
-    rows.append((label, gemma_mt_row(data_dir, args, packing, args.model,
-                                     '' if args.quick else tokenizer_path)))
+    rows.append((label, gemma_mt_row(data_dir, args, packing)))
 
   positions = args.batch_size * args.max_seq_len
   base = rows[0][1]['target_tokens'] / rows[0][1]['step_time']
-  print(f'## The tutorial\'s way vs gemma_mt: {args.model} shape (random weights), '
+  print(f'## The tutorial\'s way vs gemma_mt: {spec.name}, '
         f'{len(pairs)} {"demo" if args.quick else "MTNT"} pairs, batch {args.batch_size} × '
         f'{args.max_seq_len}, 1 CPU device, matmul {peak:.3f} TFLOP/s\n')
   print('| row | step (s) | tokens/s | target tokens/s | data wait | MFU | '
