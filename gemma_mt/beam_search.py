@@ -148,9 +148,8 @@ class BeamSearchLoop(_sampler_loop.SamplerLoop):
     alive_best = state.predicted_tokens.reshape(rows // k, k, out_length)[:, 0]
     has_finished = beams.finished_scores[:, 0] > -jnp.inf
     best = jnp.where(has_finished[:, None], beams.finished_tokens[:, 0], alive_best)
-    # Tokens after an end token are padding (0), as in gemma's own loop.
-    ends = jnp.isin(best, jnp.asarray(self.end_tokens))
-    best = best * ((jnp.cumsum(ends, axis=-1) - ends) == 0)
+    # Tokens after an end token are padding (0), by gemma's own loop's helper.
+    best = _sampler_loop._mask_tokens_after_end_tokens(best, end_tokens=self.end_tokens)  # pylint: disable=protected-access
     return dataclasses.replace(state, predicted_tokens=jnp.repeat(best, k, axis=0),
                                done=jnp.ones_like(state.done))
 

@@ -78,12 +78,6 @@ class Tensor:
   data: np.ndarray  # laid out as gguf.GGUFReader lays it out, for gguf.quants.dequantize
 
 
-# GGUF value types (gguf.GGUFValueType) → little-endian numpy dtypes; 8 is a string, 9 an array.
-_NUMBERS = {0: '<u1', 1: '<i1', 2: '<u2', 3: '<i2', 4: '<u4', 5: '<i4', 6: '<f4', 7: '?',
-            10: '<u8', 11: '<i8', 12: '<f8'}
-_STRING, _ARRAY = 8, 9
-
-
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
   """(metadata, tensors by name) of a little-endian GGUF v2/v3 file, tensors left mapped.
 
@@ -94,6 +88,9 @@ def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
   """
   import gguf  # pylint: disable=import-outside-toplevel
 
+  # The gguf package's own table of GGUF value types → numpy dtypes, little-endian as the file.
+  numbers = {kind: np.dtype(dtype).newbyteorder('<')
+             for kind, dtype in gguf.GGUFReader.gguf_scalar_to_np.items()}
   data = np.memmap(path, mode='r')
   buffer = memoryview(data)
   position = 0
@@ -113,19 +110,19 @@ def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
   def value(kind: int) -> Any:
     nonlocal position
-    if kind == _STRING:
+    if kind == gguf.GGUFValueType.STRING:
       return string()
-    if kind == _ARRAY:
+    if kind == gguf.GGUFValueType.ARRAY:
       item_kind, count = take('<IQ')
-      if item_kind in _NUMBERS:
-        items = np.frombuffer(buffer, _NUMBERS[item_kind], count, position).copy()
+      if item_kind in numbers:
+        items = np.frombuffer(buffer, numbers[item_kind], count, position).copy()
         position += items.nbytes
         return items
       return [value(item_kind) for _ in range(count)]
-    if kind not in _NUMBERS:
+    if kind not in numbers:
       raise ValueError(f'unknown value type {kind}')
-    number = np.frombuffer(buffer, _NUMBERS[kind], 1, position)[0].item()
-    position += np.dtype(_NUMBERS[kind]).itemsize
+    number = np.frombuffer(buffer, numbers[kind], 1, position)[0].item()
+    position += numbers[kind].itemsize
     return number
 
   if len(data) < 24 or take('<I') != gguf.GGUF_MAGIC:
