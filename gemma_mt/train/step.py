@@ -56,9 +56,12 @@ def attention_inputs(batch: TrainingInput, pad_id: int) -> tuple[jax.Array, jax.
 
 def loss_sums(logits: jax.Array, batch: TrainingInput) -> LossSums:
   """Cross-entropy of every target token of every row: ``logits[B, L, V]`` predicts token t+1."""
-  labels = batch.input_tokens[:, 1:]
-  weights = batch.target_mask[:, 1:].astype(jnp.float32)
-  logits = logits[:, :-1].astype(jnp.float32)
+  return _target_sums(logits[:, :-1].astype(jnp.float32), batch.input_tokens[:, 1:],
+                      batch.target_mask[:, 1:].astype(jnp.float32))
+
+
+def _target_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> LossSums:
+  """Sums of ``float32[..., V]`` logits against ``labels[...]``, each token weighted."""
   token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return LossSums(
@@ -94,12 +97,8 @@ def chunked_loss_sums(hidden: jax.Array, embedding: jax.Array, softcap: float | 
     logits = jnp.dot(h, embedding.T)  # in the model's dtype, as its own decode
     if softcap is not None:
       logits = jnp.tanh(logits / softcap) * softcap
-    logits = logits.astype(jnp.float32)
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return LossSums(carry.loss_sum + jnp.sum(token_loss * weights),
-                    carry.num_tokens + jnp.sum(weights),
-                    carry.num_correct + jnp.sum(correct * weights)), None
+    sums = _target_sums(logits.astype(jnp.float32), labels, weights)
+    return LossSums(*(total + part for total, part in zip(carry, sums))), None
 
   zeros = LossSums(*(jnp.zeros((), jnp.float32),) * 3)
   sums, _ = jax.lax.scan(chunk_sums, zeros, (
