@@ -9,6 +9,11 @@ and ``DIR/tokenizer.model`` its tokenizer.
 ``AutoModelForCausalLM.from_pretrained(DIR)``: ``config.json``, ``model.safetensors`` (or shards
 with an index) in the parameters' dtype, ``tokenizer.model``, and the run's config as
 ``gemma_mt_config.json``.
+
+A LoRA run exports either ``--merge_lora``: its base (read again from the run's ``--ckpt``)
+with the adapters folded in, as a full model in either format (in ``--base_dtype``), or
+``--adapters_only``: PEFT's ``adapter_model.safetensors`` and ``adapter_config.json``, which
+``peft.PeftModel.from_pretrained`` applies to the Hugging Face form of the same base.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from gemma_mt import errors
 
@@ -29,18 +35,22 @@ RUN_CONFIG_FILE = 'gemma_mt_config.json'
 
 
 def export_params(workdir: str, out: str, step: int | None = None,
-                  export_format: str = 'gemma') -> str:
+                  export_format: str = 'gemma', *, merge_lora: bool = False,
+                  adapters_only: bool = False) -> str:
   """Writes the parameters of ``workdir``'s checkpoint ``step`` (default: latest) to ``out``.
 
-  Returns the path written (the parameters' folder, or the Hugging Face directory). Raises
-  UserError naming the folder when it cannot.
+  A LoRA run needs ``merge_lora`` (the full model, base and adapters folded) or
+  ``adapters_only`` (PEFT's adapter files). Returns the path written (the parameters' folder,
+  or the Hugging Face or PEFT directory). Raises UserError naming the folder when it cannot.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   from gemma_mt import models  # pylint: disable=import-outside-toplevel
   from gemma_mt.models import hf  # pylint: disable=import-outside-toplevel
+  from gemma_mt.models import lora  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from gemma_mt.train import frozen_base  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
   if export_format not in FORMATS:
@@ -66,18 +76,33 @@ def export_params(workdir: str, out: str, step: int | None = None,
   tokenizer = os.path.join(workdir, loop.WORKDIR_TOKENIZER)
   if not os.path.isfile(tokenizer):  # runs of gemma_mt before the workdir kept its tokenizer
     tokenizer = spec.tokenizer_path
-  abstract = models.abstract_params(spec, jax.numpy.dtype(config.param_dtype))
-  params: Any = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+  if config.lora and merge_lora == adapters_only:
+    raise errors.UserError(f'--workdir={workdir} is a LoRA run: pass --merge_lora (the base '
+                           'with the adapters folded in) or --adapters_only (PEFT adapters)')
+  if not config.lora and (merge_lora or adapters_only):
+    raise errors.UserError(f'--workdir={workdir} is not a LoRA run: leave out --merge_lora and '
+                           '--adapters_only')
+  dtype = config.frozen_dtype if config.lora else config.param_dtype
+  if config.lora:
+    base_layout, frozen, adapters = frozen_base.restore_lora_run(workdir, step, config)
+    if adapters_only:
+      return _write_peft(out, adapters, config)
+    params: Any = lora.fold(lora.combine(frozen, adapters), config.lora_spec(),
+                            frozen_base.transposed_gating(base_layout.base_model),
+                            jax.numpy.dtype(dtype))
+  else:
+    abstract = models.abstract_params(spec, jax.numpy.dtype(config.param_dtype))
+    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
   os.makedirs(out, exist_ok=True)
   out = os.path.abspath(out)
   shutil.copyfile(tokenizer, os.path.join(out, 'tokenizer.model'))
   if export_format == 'hf':
     with open(os.path.join(out, hf.CONFIG_FILE), 'w', encoding='utf-8') as f:
-      json.dump(hf.hf_config(spec, config.param_dtype), f, indent=2)
+      json.dump(hf.hf_config(spec, dtype), f, indent=2)
     with open(os.path.join(out, RUN_CONFIG_FILE), 'w', encoding='utf-8') as f:
       f.write(config.to_json())
     hf.write_safetensors(out, hf.hf_tensors(params, spec.transformer_config()),
-                         jax.numpy.dtype(config.param_dtype))
+                         jax.numpy.dtype(dtype))
     return out
   target = os.path.join(out, 'params')
   ocp.PyTreeCheckpointer().save(target, params)
@@ -86,12 +111,33 @@ def export_params(workdir: str, out: str, step: int | None = None,
   return target
 
 
+def _write_peft(out: str, adapters: Any, config: Any) -> str:
+  """PEFT's adapter files of a LoRA run's ``adapters`` in ``out``."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  from gemma_mt.models import hf  # pylint: disable=import-outside-toplevel
+
+  tensors = dict(hf.peft_tensors(adapters))
+  os.makedirs(out, exist_ok=True)
+  out = os.path.abspath(out)
+  lora_spec = config.lora_spec()
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+            os.path.join(out, hf.PEFT_WEIGHTS_FILE), metadata={'format': 'pt'})
+  with open(os.path.join(out, hf.PEFT_CONFIG_FILE), 'w', encoding='utf-8') as f:
+    json.dump(hf.peft_config(lora_spec.rank, lora_spec.alpha, list(tensors), config.ckpt), f,
+              indent=2)
+  with open(os.path.join(out, RUN_CONFIG_FILE), 'w', encoding='utf-8') as f:
+    f.write(config.to_json())
+  return out
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   values = flags.FLAGS
   try:
-    path = export_params(values.workdir, values.out, values.step, values.format)
+    path = export_params(values.workdir, values.out, values.step, values.format,
+                         merge_lora=values.merge_lora, adapters_only=values.adapters_only)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -104,6 +150,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
   flags.DEFINE_enum('format', 'gemma', FORMATS, 'gemma: an Orbax checkpoint in the gemma '
                     'library\'s layout; hf: a Hugging Face directory (safetensors).')
+  flags.DEFINE_boolean('merge_lora', False, 'A LoRA run: export its base with the adapters '
+                       'folded in, as a full model in --format.')
+  flags.DEFINE_boolean('adapters_only', False, 'A LoRA run: export the adapters alone as PEFT\'s '
+                       'adapter_model.safetensors and adapter_config.json (for the Hugging Face '
+                       'form of the same base; --format does not apply).')
 
 
 if __name__ == '__main__':

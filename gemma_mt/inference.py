@@ -14,7 +14,9 @@ from gemma_mt import models
 from gemma_mt.data import records
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import sources as model_sources
+from gemma_mt.models import lora
 from gemma_mt.train import checkpoint
+from gemma_mt.train import frozen_base
 
 
 class InferenceError(errors.UserError):
@@ -57,9 +59,16 @@ def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
   finally:
     store.close()
   spec = models.get_model_spec(config.model)
-  model = spec.transformer(jnp.dtype(config.param_dtype))
-  abstract = _single_device(models.abstract_params(spec, jnp.dtype(config.param_dtype)))
-  params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+  if config.lora:
+    # The base read again from the run's --ckpt, the adapters folded into it: a plain model.
+    base_layout, frozen, adapters = frozen_base.restore_lora_run(workdir, step, config)
+    model = spec.transformer(jnp.float32)
+    params = lora.fold(lora.combine(frozen, adapters), config.lora_spec(),
+                       frozen_base.transposed_gating(base_layout.base_model), jnp.float32)
+  else:
+    model = spec.transformer(jnp.dtype(config.param_dtype))
+    abstract = _single_device(models.abstract_params(spec, jnp.dtype(config.param_dtype)))
+    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
   tokenizer_path = os.path.join(workdir, 'tokenizer.model')
   if not os.path.isfile(tokenizer_path):
     tokenizer_path = spec.tokenizer_path

@@ -148,6 +148,57 @@ def hf_tensors(params: Any, config: Any) -> Iterator[tuple[str, np.ndarray]]:
     yield from zip(row.theirs, row.to_theirs(value))
 
 
+# --- PEFT LoRA adapters -------------------------------------------------------------------------
+
+PEFT_WEIGHTS_FILE = 'adapter_model.safetensors'
+PEFT_CONFIG_FILE = 'adapter_config.json'
+# Our einsum → the Hugging Face modules it is made of (several: a stacked weight, its adapter's
+# ``a`` shared by them and ``b`` split along the stack).
+PEFT_MODULES = {
+    'q_einsum': ('self_attn.q_proj',),
+    'kv_einsum': ('self_attn.k_proj', 'self_attn.v_proj'),
+    'qkv_einsum': ('self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'),
+    'attn_vec_einsum': ('self_attn.o_proj',),
+    'gating_einsum': ('mlp.gate_proj', 'mlp.up_proj'),
+    'linear': ('mlp.down_proj',),
+}
+
+
+def peft_tensors(adapters: Any) -> Iterator[tuple[str, np.ndarray]]:
+  """``(name, array)`` of PEFT's LoRA tensors for our adapters (``lora.split``'s second tree):
+  ``lora_A [rank, in]`` and ``lora_B [out, rank]`` of each Hugging Face projection, so that
+  ``lora_B @ lora_A`` is our ``a ⊗ b`` in the projection's ``[out, in]`` layout."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  flat = flat_params(adapters)
+  for path in sorted(p for p in flat if p.endswith('/a')):
+    where = path[:-len('/a')]
+    layer = int(where.split('/')[0][len('layer_'):])
+    name = where.split('/')[-2] if where.endswith('/lora') else where.split('/')[-1][:-len('_lora')]
+    a = np.asarray(jax.device_get(flat[path]), dtype=np.float32)
+    b = np.asarray(jax.device_get(flat[where + '/b']), dtype=np.float32)
+    rank = a.shape[-1]
+    modules = PEFT_MODULES[name]
+    lora_a = a.reshape(-1, rank).T
+    parts = [b] if len(modules) == 1 else [b[:, i] for i in range(len(modules))]
+    for module, part in zip(modules, parts):
+      prefix = f'base_model.model.model.layers.{layer}.{module}'
+      yield f'{prefix}.lora_A.weight', lora_a
+      yield f'{prefix}.lora_B.weight', part.reshape(rank, -1).T
+
+
+def peft_config(rank: int, alpha: float, tensor_names: Sequence[str],
+                base: str) -> dict[str, Any]:
+  """PEFT's ``adapter_config.json`` of the adapters ``peft_tensors`` named ``tensor_names``."""
+  modules = sorted({n.split('.')[-3] for n in tensor_names})
+  return {
+      'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': rank, 'lora_alpha': alpha,
+      'lora_dropout': 0.0, 'target_modules': modules, 'bias': 'none', 'fan_in_fan_out': False,
+      'use_rslora': False, 'use_dora': False, 'init_lora_weights': True,
+      'inference_mode': True, 'modules_to_save': None, 'base_model_name_or_path': base,
+  }
+
+
 # --- config.json -------------------------------------------------------------------------------
 
 

@@ -112,24 +112,20 @@ class RunCheckpoints:
     return TrainConfig.from_dict(restored[_CONFIG])
 
   def saved_position(self, step: int) -> DataPosition:
+    return DataPosition(**self._saved_meta(step)['data_position'])
+
+  def saved_base_fingerprint(self, step: int) -> dict[str, list[float]] | None:
+    """The fingerprint of the frozen base a LoRA checkpoint was trained on (None: not LoRA)."""
+    return self._saved_meta(step).get('lora_base')
+
+  def _saved_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
-    return DataPosition(**restored[_META]['data_position'])
+    return restored[_META]
 
   def check_compatible(self, config: TrainConfig, step: int) -> None:
     """Raises CheckpointError if the saved parameters differ in shape; logs other changes."""
-    saved = self.saved_config(step)
-    changes = config.changes_from(saved)
-    blocking = {k: v for k, v in changes.items() if k in TrainConfig.SHAPE_FIELDS}
-    if blocking:
-      described = ', '.join(f'--{k}={new!r} (checkpoint has {old!r})'
-                            for k, (old, new) in blocking.items())
-      raise CheckpointError(
-          f'{self.directory} holds checkpoints of another model: {described}; '
-          'use a new --workdir or the same settings')
-    for name, (old, new) in changes.items():
-      if name != 'workdir':
-        _LOG.info('resuming with --%s=%r (checkpoint was saved with %r)', name, new, old)
+    check_config_compatible(config, self.saved_config(step), self.directory)
 
   def reached_preemption(self, step: int) -> bool:
     """Whether the job was told to stop (SIGTERM on a cluster), agreed by all processes."""
@@ -141,11 +137,13 @@ class RunCheckpoints:
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            config: TrainConfig, position: DataPosition, *,
-           metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+           metrics: dict[str, float] | None = None, force: bool = False,
+           base_fingerprint: dict[str, list[float]] | None = None) -> bool:
     """Saves if ``should_save(step)`` or ``force``; returns whether a save started.
 
     ``data_iterator``: the Grain iterator whose state is the data position (packed runs); None
-    where ``position`` alone says where the data stands. Raises CheckpointError if the disk
+    where ``position`` alone says where the data stands. ``base_fingerprint``: a LoRA run's
+    frozen base (``lora.fingerprint``), checked on resume. Raises CheckpointError if the disk
     refuses the save; earlier checkpoints stay as they were.
     """
     items = {_STATE: ocp.args.StandardSave(state)}
@@ -154,7 +152,8 @@ class RunCheckpoints:
     args = ocp.args.Composite(**items, **{
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
         _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
-                                  'saved_at': time.time()}),
+                                  'saved_at': time.time(),
+                                  **({'lora_base': base_fingerprint} if base_fingerprint else {})}),
     })
     # Saving first waits for the previous asynchronous save, so its failure surfaces here.
     with self._save_failures():
@@ -256,6 +255,24 @@ class RunCheckpoints:
       self._manager.close()
     except (OSError, ValueError, RuntimeError) as e:
       _LOG.warning('closing %s: %s', self.directory, str(e).splitlines()[0] if str(e) else e)
+
+
+def check_config_compatible(config: TrainConfig, saved: TrainConfig, directory: str) -> None:
+  """Raises CheckpointError if ``saved`` (a checkpoint's config in ``directory``) holds other
+  parameters than ``config`` would (``TrainConfig.SHAPE_FIELDS``; for LoRA runs also another
+  base: ``--ckpt``, ``--init_from``); logs the other changes."""
+  changes = config.changes_from(saved)
+  fields = TrainConfig.SHAPE_FIELDS + (('ckpt', 'init_from') if saved.lora else ())
+  blocking = {k: v for k, v in changes.items() if k in fields}
+  if blocking:
+    described = ', '.join(f'--{k}={new!r} (checkpoint has {old!r})'
+                          for k, (old, new) in blocking.items())
+    raise CheckpointError(
+        f'{directory} holds checkpoints of another model: {described}; '
+        'use a new --workdir or the same settings')
+  for name, (old, new) in changes.items():
+    if name != 'workdir':
+      _LOG.info('resuming with --%s=%r (checkpoint was saved with %r)', name, new, old)
 
 
 _RESTORED, _DAMAGED, _REFUSED = 0, 1, 2

@@ -15,6 +15,7 @@ from gemma_mt import errors
 from gemma_mt import models
 from gemma_mt.data import records
 from gemma_mt.data import sources
+from gemma_mt.models import lora_spec as lora_lib
 from gemma_mt.models import sources as model_sources
 from gemma_mt.train import mesh_spec
 
@@ -79,9 +80,33 @@ class TrainConfig:
   max_new_tokens: int = 48
   seed: int = 0
   init_from: str = ''
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  lora_targets: str = 'all'
+  base_dtype: str = ''
+  base_quantization: str = 'none'
 
-  # Fields that fix the parameters' shapes and dtypes: a checkpoint resumes only if they match.
-  SHAPE_FIELDS = ('model', 'param_dtype')
+  # Fields that fix what the saved parameters are (their shapes and dtypes, and for LoRA runs
+  # the function they add to the base): a checkpoint resumes only if they match.
+  SHAPE_FIELDS = ('model', 'param_dtype', 'lora_rank', 'lora_alpha', 'lora_targets',
+                  'base_dtype', 'base_quantization')
+
+  @property
+  def lora(self) -> bool:
+    """Whether only LoRA adapters train, on a frozen base."""
+    return self.lora_rank > 0
+
+  def lora_spec(self) -> lora_lib.LoraSpec | None:
+    """The adapters of a LoRA run (``--lora_alpha=0``: the rank, a scale of 1); else None."""
+    if not self.lora:
+      return None
+    return lora_lib.LoraSpec(self.lora_rank, self.lora_alpha or float(self.lora_rank),
+                             lora_lib.parse_targets(self.lora_targets))
+
+  @property
+  def frozen_dtype(self) -> str:
+    """The dtype the frozen base is held in (before any quantization)."""
+    return self.base_dtype or self.param_dtype
 
   @property
   def model_name(self) -> str:
@@ -142,6 +167,7 @@ class TrainConfig:
       raise ConfigError(f'--learning_rate must be positive, got {self.learning_rate}')
     if self.weight_decay < 0 or self.grad_clip_norm < 0:
       raise ConfigError('--weight_decay and --grad_clip_norm must be zero (off) or positive')
+    self._validate_lora()
     choices = {
         'optimizer': OPTIMIZERS,
         'lr_schedule': LR_SCHEDULES,
@@ -157,6 +183,30 @@ class TrainConfig:
         raise ConfigError(
             f'--{name}={getattr(self, name)!r} is unknown: use one of {", ".join(allowed)}')
     return self
+
+  def _validate_lora(self) -> None:
+    if self.lora_rank < 0:
+      raise ConfigError(f'--lora_rank must be 0 (full fine-tuning) or positive, got '
+                        f'{self.lora_rank}')
+    if self.lora_alpha < 0:
+      raise ConfigError(f'--lora_alpha must be 0 (the rank) or positive, got {self.lora_alpha}')
+    try:
+      lora_lib.parse_targets(self.lora_targets)
+    except lora_lib.LoraError as e:
+      raise ConfigError(str(e)) from None
+    if self.base_dtype and self.base_dtype not in PARAM_DTYPES:
+      raise ConfigError(f'--base_dtype={self.base_dtype!r} is unknown: use one of '
+                        f'{", ".join(PARAM_DTYPES)} (empty: --param_dtype)')
+    if self.base_quantization not in lora_lib.QUANTIZATIONS:
+      raise ConfigError(f'--base_quantization={self.base_quantization!r} is unknown: use one of '
+                        f'{", ".join(lora_lib.QUANTIZATIONS)}')
+    if not self.lora:
+      changed = [name for name, default in (('lora_alpha', 0.0), ('lora_targets', 'all'),
+                                            ('base_dtype', ''), ('base_quantization', 'none'))
+                 if getattr(self, name) != default]
+      if changed:
+        raise ConfigError(f'--{changed[0]} applies to LoRA runs only: set --lora_rank too, or '
+                          'leave it out')
 
   def dataset_spec(self) -> sources.DatasetSpec:
     """The parsed ``--dataset`` with its options."""

@@ -70,6 +70,19 @@ _HELP = {
     'save_every_minutes': 'Also save when this many minutes passed since the last save (0: off).',
     'init_from': 'Start from the parameters of another run (its workdir, a checkpoints/<step> '
                  'folder or an export); optimizer, data and step start fresh.',
+    'lora_rank': 'Train LoRA adapters of this rank on a frozen base instead of every parameter '
+                 '(0: full fine-tuning). Optimizer state, gradients and checkpoints hold the '
+                 'adapters only; the base is read again from --ckpt on resume.',
+    'lora_alpha': 'LoRA scale numerator: adapters add (alpha / rank) · x·A·B (0: the rank, a '
+                  'scale of 1).',
+    'lora_targets': 'Projections that get adapters: attn (q, k, v, o), mlp (gate, up, down), '
+                    'attn,mlp or all (the same as attn,mlp).',
+    'base_dtype': 'dtype the frozen base of a LoRA run is held in: float32 or bfloat16 (empty: '
+                  '--param_dtype, which the adapters and their optimizer state keep).',
+    'base_quantization': 'none, int8 or int4: hold the frozen base\'s projection weights as '
+                         'integers with one scale per output channel (QLoRA-style), dequantized '
+                         'to --compute_dtype where used; embeddings and norms stay in '
+                         '--base_dtype.',
     'log_every_n': 'Write metrics.jsonl and TensorBoard every N steps.',
     'keep_checkpoints': 'How many recent checkpoints to keep (the best evaluation, by '
                         '--best_metric, is kept as well).',

@@ -29,7 +29,9 @@ from gemma_mt.data import sources
 from gemma_mt.data.records import TrainingInput
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import sources as model_sources
+from gemma_mt.models import lora
 from gemma_mt.train import checkpoint
+from gemma_mt.train import frozen_base
 from gemma_mt.train import memory
 from gemma_mt.train import optimizer as optimizer_lib
 from gemma_mt.train import perf
@@ -98,11 +100,12 @@ def total_steps(config: TrainConfig, num_train_examples: int,
   return start_step + (num_train_examples * config.num_epochs - consumed) // config.batch_size
 
 
-def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any) -> dict[str, float]:
+def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any,
+             frozen: Any = None) -> dict[str, float]:
   """Loss and token accuracy over the whole eval split, weighted by target tokens."""
   totals = np.zeros(3, dtype=np.float64)
   for local in batches:
-    sums = eval_fn(params, sharding.global_batch(local, mesh))
+    sums = eval_fn(params, sharding.global_batch(local, mesh), frozen or {})
     totals += np.asarray(jax.device_get(jnp.stack(sums)), dtype=np.float64)
   loss_sum, num_tokens, num_correct = totals
   return {'eval_loss': loss_sum / max(num_tokens, 1.0),
@@ -194,7 +197,8 @@ class CompiledRun:
     config: the run's config with ``model`` resolved (from ``--ckpt`` if it was empty).
     run_model: the model's spec, tokenizer and weights' source.
     mesh: the device mesh.
-    model: the flax module.
+    model: the flax module (for LoRA runs, the adapted one).
+    base_layout: the frozen base's layout (LoRA runs), else None.
     optimizer: the Optax optimizer.
     schedule: the learning-rate schedule.
     abstract_state: ``ShapeDtypeStruct``s of the train state with their shardings.
@@ -210,6 +214,7 @@ class CompiledRun:
   run_model: model_sources.RunModel
   mesh: Any
   model: Any
+  base_layout: frozen_base.BaseLayout | None
   optimizer: Any
   schedule: Any
   abstract_state: step_lib.TrainState
@@ -230,10 +235,18 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
   config = dataclasses.replace(config, model=run_model.spec.name)
   mesh = sharding.make_mesh(MeshSpec.parse(config.mesh), devices)
   _check_batch_sizes(config, mesh)
-  model = run_model.spec.transformer(jnp.dtype(config.param_dtype), config.remat)
   optimizer, schedule = optimizer_lib.make_optimizer(config, num_steps)
-  abstract_state = jax.eval_shape(lambda: _state_of(
-      optimizer, models.init_params(model, config.seed, config.max_seq_len)))
+  base_layout = frozen_base.layout(config, run_model.spec, mesh) if config.lora else None
+  if base_layout is not None:
+    model, abstract_frozen = base_layout.model, base_layout.abstract_frozen
+    abstract_trained = base_layout.abstract_adapters
+  else:
+    model, abstract_frozen = run_model.spec.transformer(jnp.dtype(config.param_dtype),
+                                                        config.remat), {}
+    abstract_trained = jax.eval_shape(
+        lambda: models.init_params(model, config.seed, config.max_seq_len))
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, abstract_frozen)
+  abstract_state = jax.eval_shape(functools.partial(_state_of, optimizer), abstract_trained)
   state_shardings = sharding.state_shardings(mesh, abstract_state, optimizer,
                                              rules=sharding.rules_for(model.config))
   abstract_state = sharding.with_shardings(abstract_state, state_shardings)
@@ -253,19 +266,21 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
                         pad_id=pad_id, learning_rate_fn=schedule,
                         grad_accum_steps=config.grad_accum_steps, compute_dtype=compute_dtype,
                         loss_chunk=config.loss_chunk),
-      in_shardings=(state_shardings, batch_sharding),
+      in_shardings=(state_shardings, batch_sharding, frozen_shardings),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
-  ).lower(abstract_state, abstract_batch).compile()
+  ).lower(abstract_state, abstract_batch, abstract_frozen).compile()
   eval_fn = jax.jit(
       functools.partial(step_lib.eval_step, model=model, pad_id=pad_id,
                         loss_chunk=config.loss_chunk),
-      in_shardings=(state_shardings.params, batch_sharding),
+      in_shardings=(state_shardings.params, batch_sharding, frozen_shardings),
       out_shardings=sharding.replicated(mesh),
   )
-  plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch, mesh)
-  return CompiledRun(config, run_model, mesh, model, optimizer, schedule, abstract_state,
-                     state_shardings, abstract_batch, train_fn, eval_fn, plan, num_steps)
+  plan = memory.plan(train_fn, abstract_state, state_shardings, abstract_batch, mesh,
+                     abstract_frozen)
+  return CompiledRun(config, run_model, mesh, model, base_layout, optimizer, schedule,
+                     abstract_state, state_shardings, abstract_batch, train_fn, eval_fn, plan,
+                     num_steps)
 
 
 def plan_memory(config: TrainConfig, *,
@@ -284,9 +299,17 @@ def plan_memory(config: TrainConfig, *,
 def _describe_run(run: CompiledRun) -> list[str]:
   config, mesh = run.config, run.mesh
   params_bytes = run.memory_plan.params
-  lines = [f'model {config.model}: {models.count_params(run.abstract_state.params):,} parameters '
-           f'({config.param_dtype}, {params_bytes / 2**20:.2f} MiB per device); mesh '
+  lines = [f'model {config.model}: {models.count_params(run.abstract_state.params):,} '
+           f'{"adapter parameters" if config.lora else "parameters"} ({config.param_dtype}, '
+           f'{params_bytes / 2**20:.2f} MiB per device); mesh '
            f'{dict(mesh.shape)} over {mesh.size} devices in {jax.process_count()} processes']
+  if run.base_layout is not None:
+    lora_spec = config.lora_spec()
+    lines.append(
+        f'LoRA rank {lora_spec.rank}, scale {lora_spec.scale:g} on {", ".join(lora_spec.targets)}; '
+        f'frozen base of {models.count_params(run.base_layout.abstract_base):,} parameters '
+        f'({config.frozen_dtype}, quantization {config.base_quantization}, '
+        f'{run.memory_plan.frozen / 2**20:.2f} MiB per device)')
   if run.run_model.source is not None:
     lines.append(f'weights from {run.run_model.source.source}; tokenizer '
                  f'{run.run_model.tokenizer_path}')
@@ -366,8 +389,19 @@ def train_and_evaluate(config: TrainConfig, *,
   config.validate()
   is_main = jax.process_index() == 0
   latest = _read_latest(config.workdir)
-  run_model = _resumed_run_model(config, latest) or model_sources.resolve_run_model(
-      config.model_name, config.ckpt, config.tokenizer)
+  if config.lora and latest and latest.config and latest.config.lora:
+    # The same command resumes without the base's flags: the run recorded them.
+    config = dataclasses.replace(config, ckpt=config.ckpt or latest.config.ckpt,
+                                 init_from=config.init_from or latest.config.init_from)
+  # A LoRA run reads its base again on resume: its source is needed.
+  run_model = (None if config.lora else _resumed_run_model(config, latest)) or (
+      model_sources.resolve_run_model(config.model_name, config.ckpt, config.tokenizer))
+  if latest and latest.config:
+    # Another model (or LoRA where the checkpoints are full, or another base) is refused
+    # before anything is compiled, read or written.
+    checkpoint.check_config_compatible(
+        dataclasses.replace(config, model=run_model.spec.name), latest.config,
+        os.path.join(config.workdir, 'checkpoints'))
   tokenizer = GemmaTokenizer(run_model.tokenizer_path)
   data = load_run_data(config, tokenizer)
   # Sized from where a resumed run stands, so that its schedule ends at its own last step.
@@ -387,7 +421,12 @@ def train_and_evaluate(config: TrainConfig, *,
                       f'device, more than the {run.memory_plan.device_bytes / 2**30:.2f} GiB of '
                       f'{run.memory_plan.device}: {run.memory_plan.advice(config, run.mesh)}')
 
+  frozen, base_fingerprint = (frozen_base.load(config, run_model, run.base_layout)
+                              if run.base_layout is not None else ({}, None))
+
   def initial_params() -> Any:
+    if config.lora:
+      return None  # new adapters (the base is loaded above)
     if config.init_from:
       return checkpoint.restore_params(config.init_from, run.abstract_state.params)
     source = run_model.source
@@ -411,7 +450,7 @@ def train_and_evaluate(config: TrainConfig, *,
       best_metric=config.best_metric)
   try:
     start = _start(run, lambda: loaded if loaded is not None else initial_params(), tokenizer,
-                   data, store)
+                   data, store, base_fingerprint)
     if start.num_steps != run.num_steps:
       # Resumed from an older checkpoint than the latest (the latest was damaged).
       run = compile_run(config, run_model, start.num_steps, pad_id=tokenizer.pad_id,
@@ -421,10 +460,11 @@ def train_and_evaluate(config: TrainConfig, *,
     sink = reporting.MetricsSink(config.workdir, enabled=is_main, start_step=start.step)
     try:
       state, eval_loss, preempted, scores = _train_loop(run, start, tokenizer, data, store,
-                                                        sink, is_main)
+                                                        sink, is_main, frozen, base_fingerprint)
       translations = []
       if config.num_translations and not preempted:
-        translations = _sample_translations(run, state.params, tokenizer, data)
+        translations = _sample_translations(run, step_lib.model_params(state.params, frozen),
+                                            tokenizer, data)
         sink.write_texts(int(jax.device_get(state.step)), {'translations': '\n\n'.join(
             f'en: {src}  \nfr: {out}  \nreference: {ref}' for src, ref, out in translations)})
     finally:
@@ -473,7 +513,8 @@ class _Start:
 
 
 def _start(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, data: RunData,
-           store: checkpoint.RunCheckpoints) -> _Start:
+           store: checkpoint.RunCheckpoints,
+           base_fingerprint: dict[str, list[float]] | None = None) -> _Start:
   """The newest checkpoint that restores, or a fresh state; the data iterator at its position.
 
   Unpacked data resumes from the number of examples used (any batch size or number of
@@ -494,6 +535,8 @@ def _start(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, dat
         num_epochs=config.num_epochs or None, process=process, start_example=start_example))
 
   def check_packed_layout(step: int) -> None:
+    if base_fingerprint is not None:
+      frozen_base.check_base(store, step, base_fingerprint, config)
     saved = store.saved_position(step)
     if config.packing and (saved.batch_size, saved.process_count) != (
         config.batch_size, jax.process_count()):
@@ -526,8 +569,12 @@ def _fresh_state(run: CompiledRun, initial_params: Any) -> step_lib.TrainState:
   config, shardings = run.config, run.state_shardings
   params = initial_params()
   if params is None:
-    params = jax.jit(lambda: models.init_params(run.model, config.seed, config.max_seq_len),
-                     out_shardings=shardings.params)()
+    def init() -> Any:
+      params = models.init_params(run.model, config.seed, config.max_seq_len)
+      # New adapters alone: the base's random initialization is dead code to XLA.
+      return lora.split(params)[1] if config.lora else params
+
+    params = jax.jit(init, out_shardings=shardings.params)()
   return jax.jit(functools.partial(_state_of, run.optimizer), out_shardings=shardings)(params)
 
 
@@ -541,7 +588,9 @@ class _Reports:
         num_params=models.count_params(run.abstract_state.params),
         num_layers=model.config.num_layers, num_heads=model.config.num_heads,
         head_dim=model.config.head_dim, batch_size=config.batch_size,
-        seq_len=config.max_seq_len)
+        seq_len=config.max_seq_len,
+        num_frozen_params=models.count_params(run.base_layout.abstract_base)
+        if run.base_layout is not None else 0)
     self._peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
     self._pending: list[dict[str, jax.Array]] = []
     self.restart_clock()
@@ -579,7 +628,8 @@ class _Reports:
 
 def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data: RunData,
                 store: checkpoint.RunCheckpoints, sink: reporting.MetricsSink,
-                is_main: bool) -> tuple[
+                is_main: bool, frozen: Any,
+                base_fingerprint: dict[str, list[float]] | None) -> tuple[
                     step_lib.TrainState, float | None, bool, quality.QualityScores | None]:
   """Steps from ``start`` to ``start.num_steps``: reports, evaluations and saves.
 
@@ -612,7 +662,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
       uncounted = []
     store.save(step, state, data_iterator if config.packing else None, config,
                checkpoint.DataPosition(consumed, config.batch_size, jax.process_count()),
-               metrics=metrics, force=True)
+               metrics=metrics, force=True, base_fingerprint=base_fingerprint)
 
   try:
     with _StopRequests() as stop:
@@ -620,7 +670,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         fetch_start = time.perf_counter()
         local = next(data_iterator)
         reports.data_wait += time.perf_counter() - fetch_start
-        state, metrics = run.train_fn(state, sharding.global_batch(local, mesh))
+        state, metrics = run.train_fn(state, sharding.global_batch(local, mesh), frozen)
         if config.packing:
           uncounted.append(metrics['num_examples'])
         else:
@@ -630,12 +680,13 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         eval_metrics = None
         bleu_due = _bleu_due(config, step, last)
         if step % config.eval_every_n == 0 or last or bleu_due:
-          eval_metrics = evaluate(run.eval_fn, state.params, eval_batches, mesh)
+          eval_metrics = evaluate(run.eval_fn, state.params, eval_batches, mesh, frozen)
           eval_loss = eval_metrics['eval_loss']
           line = (f'step {step}: eval_loss {eval_loss:.4f}, '
                   f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
           if bleu_due:
-            scores = _translation_quality(run, state.params, tokenizer, data, sink, step)
+            scores = _translation_quality(run, step_lib.model_params(state.params, frozen),
+                                          tokenizer, data, sink, step)
             if scores is not None:
               quality_scores = scores
               eval_metrics.update(eval_bleu=scores.bleu, eval_chrf=scores.chrf)

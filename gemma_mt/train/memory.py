@@ -26,6 +26,7 @@ class MemoryPlan:
     activations: the rest of XLA's temporaries (activations kept for the backward pass, logits,
       buffers of collectives).
     batch: the batch's shard.
+    frozen: the frozen base's shards (LoRA runs: quantized if asked), 0 otherwise.
     device_bytes: memory of one device (for CPU devices: the host's memory shared by them), or
       None when unknown.
     device: what ``device_bytes`` is.
@@ -38,16 +39,19 @@ class MemoryPlan:
   batch: int
   device_bytes: int | None
   device: str
+  frozen: int = 0
 
   @property
   def total(self) -> int:
-    return self.params + self.opt_state + self.gradients + self.activations + self.batch
+    return (self.params + self.opt_state + self.gradients + self.activations + self.batch
+            + self.frozen)
 
   def fits(self) -> bool:
     return self.device_bytes is None or self.total <= self.device_bytes
 
   def lines(self) -> list[str]:
-    rows = [('parameters', self.params), ('optimizer state', self.opt_state),
+    rows = [('frozen base', self.frozen)] if self.frozen else []
+    rows += [('parameters', self.params), ('optimizer state', self.opt_state),
             ('gradients', self.gradients), ('activations and temporaries', self.activations),
             ('batch', self.batch), ('total', self.total)]
     out = ['memory plan per device:']
@@ -65,6 +69,11 @@ class MemoryPlan:
     hints = []
     if self.params + self.opt_state + self.gradients > self.activations and mesh.shape['fsdp'] < mesh.size:
       hints.append(f'shard parameters and optimizer state over more devices (--mesh=fsdp:{mesh.size})')
+    if not config.lora_rank and self.params + self.opt_state > self.activations:
+      hints.append('train LoRA adapters on a frozen base instead of every parameter '
+                   '(--lora_rank=16, and --base_quantization=int8 for a smaller base)')
+    elif config.lora_rank and config.base_quantization == 'none':
+      hints.append('hold the frozen base in int8 (--base_quantization=int8)')
     if config.loss_chunk == 0:
       hints.append('compute the loss a few positions at a time, never holding the full logits '
                    '(--loss_chunk=32)')
@@ -95,8 +104,9 @@ def device_memory(device: jax.Device, num_local_devices: int) -> tuple[int | Non
 
 
 def plan(compiled_step: Any, abstract_state: Any, state_shardings: Any, abstract_batch: Any,
-         mesh: jax.sharding.Mesh) -> MemoryPlan:
-  """The plan of ``compiled_step`` (a compiled ``train_step`` on ``abstract_state``)."""
+         mesh: jax.sharding.Mesh, abstract_frozen: Any = None) -> MemoryPlan:
+  """The plan of ``compiled_step`` (a compiled ``train_step`` on ``abstract_state`` and, for
+  LoRA runs, the frozen base ``abstract_frozen``: ShapeDtypeStructs with shardings)."""
   params = sharding.bytes_per_device(abstract_state.params, state_shardings.params)
   opt_state = sharding.bytes_per_device(abstract_state.opt_state, state_shardings.opt_state)
   batch = sharding.bytes_per_device(abstract_batch,
@@ -105,6 +115,8 @@ def plan(compiled_step: Any, abstract_state: Any, state_shardings: Any, abstract
   temp = int(getattr(analysis, 'temp_size_in_bytes', 0) or 0) if analysis is not None else 0
   gradients = min(params, temp)
   device_bytes, description = device_memory(mesh.devices.flat[0], len(mesh.local_devices))
+  frozen = sharding.bytes_per_device(
+      abstract_frozen, jax.tree.map(lambda x: x.sharding, abstract_frozen)) if abstract_frozen else 0
   return MemoryPlan(params=params, opt_state=opt_state, gradients=gradients,
                     activations=temp - gradients, batch=batch, device_bytes=device_bytes,
-                    device=description)
+                    device=description, frozen=frozen)

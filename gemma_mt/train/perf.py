@@ -29,16 +29,19 @@ def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
 
 
 def model_flops_per_step(*, num_params: int, num_layers: int, num_heads: int, head_dim: int,
-                         batch_size: int, seq_len: int) -> float:
+                         batch_size: int, seq_len: int, num_frozen_params: int = 0) -> float:
   """Training FLOPs of one step by the model's shape (PaLM's MFU definition): 6 per parameter
   per token (forward and backward; the tied embedding counts once, as the output projection)
   plus causal-free attention, 12 · layers · heads · head_dim · seq_len per token.
 
   Shapes, not the compiled program: recomputation does not count, and XLA's own cost analysis
   misses the matmuls that GPUs run as library calls.
+  A frozen parameter (a LoRA run's base) counts 4: forward and the gradient of its input, no
+  gradient of its own.
   """
   tokens = batch_size * seq_len
-  per_token = 6 * num_params + 12 * num_layers * num_heads * head_dim * seq_len
+  per_token = (6 * num_params + 4 * num_frozen_params
+               + 12 * num_layers * num_heads * head_dim * seq_len)
   return float(per_token * tokens)
 
 

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gemma_mt.data.records import TrainingInput
+from gemma_mt.models import lora
 from gemma_mt.train.mesh_spec import MESH_AXES, MeshSpec
 
 _LOG = logging.getLogger(__name__)
@@ -108,11 +109,37 @@ def path_name(path: Sequence[Any]) -> str:
 
 def logical_axes(path_name: str, ndim: int,
                  rules: Rules = PARAM_RULES) -> tuple[str | None, ...]:
-  """The logical axes of a parameter from ``rules``; unknown parameters are replicated."""
+  """The logical axes of a parameter from ``rules``; unknown parameters are replicated.
+
+  A quantized weight's integers and scales (``…/w/values``, ``…/w/scale``) take the weight's
+  rule. A LoRA adapter takes its weight's axes by dimension: ``a`` those of the contracted
+  dimensions, ``b`` those of the others, the rank replicated.
+  """
+  if path_name.endswith(('/values', '/scale')) and lora.einsum_name(path_name.rsplit('/', 1)[0]):
+    path_name = path_name.rsplit('/', 1)[0]
+  if lora.is_adapter(path_name):
+    return _adapter_axes(path_name, ndim, rules)
   for pattern, axes in rules:
     if re.search(pattern + '$', path_name) and len(axes) == ndim:
       return axes
   return (None,) * ndim
+
+
+def _adapter_axes(path_name: str, ndim: int, rules: Rules) -> tuple[str | None, ...]:
+  head, part = path_name.rsplit('/', 1)  # …/q_einsum/lora, a | …/mlp/linear_lora, b
+  weight = head[:-len('_lora')] if head.endswith('_lora') else head.rsplit('/', 1)[0] + '/w'
+  name = lora.einsum_name(weight)
+  if name is None or part not in ('a', 'b'):
+    return (None,) * ndim
+  transposed = any(p == TRANSPOSED_GATING_RULE[0] and a == TRANSPOSED_GATING_RULE[1]
+                   for p, a in rules)
+  letters, contracted = lora.weight_letters(name, transposed)
+  by_letter = dict(zip(letters, logical_axes(weight, len(letters), rules)))
+  if part == 'a':
+    axes = tuple(by_letter[c] for c in letters if c in contracted) + (None,)
+  else:
+    axes = (None,) + tuple(by_letter[c] for c in letters if c not in contracted)
+  return axes if len(axes) == ndim else (None,) * ndim
 
 
 def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh,
@@ -121,6 +148,8 @@ def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh,
   spec = []
   for dim, axis in zip(shape, logical_axes(path_name, len(shape), rules)):
     mesh_axis = LOGICAL_TO_MESH.get(axis) if axis else None
+    if dim == 1:  # a quantized weight's scale along its contracted dimension
+      mesh_axis = None
     if mesh_axis is not None and mesh.shape[mesh_axis] > 1 and dim % mesh.shape[mesh_axis]:
       _LOG.info('%s: dimension %s of size %d does not divide over %s=%d; replicated',
                 path_name, axis, dim, mesh_axis, mesh.shape[mesh_axis])
@@ -167,7 +196,8 @@ def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
   total = 0
   for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
     shard_shape = sharding.shard_shape(leaf.shape)
-    total += math.prod(shard_shape) * np.dtype(leaf.dtype).itemsize
+    # Bits, not bytes: int4 (a quantized base) packs two to a byte.
+    total += math.prod(shard_shape) * jax.dtypes.itemsize_bits(leaf.dtype) // 8
   return total
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from gemma_mt.data.records import TrainingInput
+from gemma_mt.models import lora
 
 Params = Any
 
@@ -136,11 +137,27 @@ def mean_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
   return loss_sum / jnp.maximum(sums.num_tokens, 1.0), sums
 
 
+def model_params(params: Params, frozen: Params | None) -> Params:
+  """The tree the model takes: the trained ``params`` alone, or (LoRA) the frozen base with
+  the adapters ``params`` added (``lora.combine``)."""
+  return lora.combine(frozen, params) if frozen else params
+
+
+def _cast_floats(tree: Params, dtype: Any) -> Params:
+  """Floating arrays of ``tree`` in ``dtype``; quantized weights stay integers."""
+  return jax.tree.map(
+      lambda x: x if isinstance(x, lora.QuantizedWeight) or not jnp.issubdtype(
+          x.dtype, jnp.floating) else x.astype(dtype),
+      tree, is_leaf=lambda x: isinstance(x, lora.QuantizedWeight))
+
+
 def _summed_loss(params: Params, batch: TrainingInput, model: Any, pad_id: int,
-                 compute_dtype: Any, loss_chunk: int = 0) -> tuple[jax.Array, LossSums]:
+                 compute_dtype: Any, loss_chunk: int = 0,
+                 frozen: Params | None = None) -> tuple[jax.Array, LossSums]:
   if compute_dtype is not None:
-    params = jax.tree.map(lambda x: x.astype(compute_dtype), params)
-  sums = batch_loss_sums(model, params, batch, pad_id, loss_chunk)
+    params = _cast_floats(params, compute_dtype)
+    frozen = _cast_floats(frozen, compute_dtype) if frozen else frozen
+  sums = batch_loss_sums(model, model_params(params, frozen), batch, pad_id, loss_chunk)
   return sums.loss_sum, sums
 
 
@@ -153,17 +170,18 @@ def microbatches(batch: TrainingInput, num: int) -> TrainingInput:
 
 def summed_gradients(params: Params, batch: TrainingInput, *, model: Any, pad_id: int,
                      grad_accum_steps: int = 1, compute_dtype: Any = None,
-                     loss_chunk: int = 0) -> tuple[Params, LossSums]:
+                     loss_chunk: int = 0, frozen: Params | None = None) -> tuple[Params, LossSums]:
   """Gradients of the summed target-token loss and the sums, over ``grad_accum_steps`` pieces.
 
   Accumulating sums (not means) makes the accumulated step equal the one big-batch step.
+  Gradients are of ``params`` only: a ``frozen`` base gets none.
   """
   grad_fn = jax.grad(_summed_loss, has_aux=True)
   if grad_accum_steps == 1:
-    return grad_fn(params, batch, model, pad_id, compute_dtype, loss_chunk)
+    return grad_fn(params, batch, model, pad_id, compute_dtype, loss_chunk, frozen)
 
   def accumulate(carry, micro):
-    grads, sums = grad_fn(params, micro, model, pad_id, compute_dtype, loss_chunk)
+    grads, sums = grad_fn(params, micro, model, pad_id, compute_dtype, loss_chunk, frozen)
     return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
   zeros = (jax.tree.map(jnp.zeros_like, params), LossSums(*(jnp.zeros((), jnp.float32),) * 3))
@@ -182,6 +200,7 @@ def num_examples(batch: TrainingInput) -> jax.Array:
 def train_step(
     state: TrainState,
     batch: TrainingInput,
+    frozen: Params | None = None,
     *,
     model: Any,
     optimizer: optax.GradientTransformation,
@@ -195,11 +214,12 @@ def train_step(
 
   The loss is the cross-entropy summed over every target token of the batch divided by their
   number; ``compute_dtype`` (e.g. bfloat16) is the dtype the forward pass runs in;
-  ``loss_chunk`` > 0 computes it ``chunked_loss_sums``' way.
+  ``loss_chunk`` > 0 computes it ``chunked_loss_sums``' way. With a ``frozen`` base (LoRA),
+  ``state.params`` are the adapters: only they are differentiated and updated.
   """
   grads, sums = summed_gradients(state.params, batch, model=model, pad_id=pad_id,
                                  grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype,
-                                 loss_chunk=loss_chunk)
+                                 loss_chunk=loss_chunk, frozen=frozen)
   num_tokens = jnp.maximum(sums.num_tokens, 1.0)
   grads = jax.tree.map(lambda g, p: (g / num_tokens).astype(p.dtype), grads, state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -217,7 +237,7 @@ def train_step(
   return new_state, metrics
 
 
-def eval_step(params: Params, batch: TrainingInput, *, model: Any, pad_id: int,
-              loss_chunk: int = 0) -> LossSums:
+def eval_step(params: Params, batch: TrainingInput, frozen: Params | None = None, *, model: Any,
+              pad_id: int, loss_chunk: int = 0) -> LossSums:
   """Loss sums of one evaluation batch; padding rows add nothing."""
-  return batch_loss_sums(model, params, batch, pad_id, loss_chunk)
+  return batch_loss_sums(model, model_params(params, frozen), batch, pad_id, loss_chunk)
