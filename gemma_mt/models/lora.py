@@ -16,6 +16,8 @@ into the base weights (a plain model's parameters).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -233,9 +235,37 @@ def _einsum(eqn: str, x: jax.Array, weight: Any) -> jax.Array:
       policy=jax.checkpoint_policies.nothing_saveable)(x, weight)
 
 
+def adapt(model: nn.Module, lora: LoraSpec | None, adapter_dtype: Any = jnp.float32
+          ) -> AdaptedTransformer:
+  """``model`` (a gemma ``Transformer``) with adapters ``lora`` on its einsums.
+
+  gemma's ``Transformer.__call__`` is under ``nn.jit``, whose trace cache is keyed by the
+  module's fields: an interceptor around it is not one of them, so two adaptations of equal
+  models would share one trace (the first one's rank and scale). The wrapped copy carries the
+  adaptation among its fields.
+  """
+  cls = _keyed_class(type(model))
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.init and f.name not in ('parent', 'name', 'adaptation')}
+  return AdaptedTransformer(model=cls(**fields, adaptation=repr((lora, str(adapter_dtype)))),
+                            lora=lora, adapter_dtype=adapter_dtype)
+
+
+@functools.cache
+def _keyed_class(cls: type) -> type:
+  """``cls`` with one more field, ``adaptation``, that only tells traces apart."""
+
+  class Keyed(cls):  # pylint: disable=missing-class-docstring
+    adaptation: str = ''
+
+  Keyed.__name__ = Keyed.__qualname__ = cls.__name__
+  return Keyed
+
+
 class AdaptedTransformer(nn.Module):
   """A gemma ``Transformer`` (``model``) whose einsums take adapters (``lora``) and may hold a
-  quantized base; the parameters are the model's own plus the adapters (see module doc)."""
+  quantized base; the parameters are the model's own plus the adapters (see module doc).
+  Build it with ``adapt``."""
 
   model: nn.Module
   lora: LoraSpec | None

@@ -53,8 +53,7 @@ def layout(config: TrainConfig, spec: models.ModelSpec, mesh: Any) -> BaseLayout
   the adapted weights cannot have."""
   lora_spec = config.lora_spec()
   base_model = spec.transformer(jnp.dtype(config.frozen_dtype), config.remat)
-  model = lora.AdaptedTransformer(model=base_model, lora=lora_spec,
-                                  adapter_dtype=jnp.dtype(config.param_dtype))
+  model = lora.adapt(base_model, lora_spec, jnp.dtype(config.param_dtype))
   full = jax.eval_shape(lambda: models.init_params(model, config.seed, config.max_seq_len))
   base, adapters = lora.split(full)
   transposed = transposed_gating(base_model)

@@ -55,6 +55,7 @@ class TrainResult:
   translations: list[tuple[str, str, str]]  # (source, reference, model output)
   preempted: bool = False
   quality: quality.QualityScores | None = None  # BLEU and chrF++ of the last evaluation
+  memory_plan: memory.MemoryPlan | None = None  # bytes per device of one step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,7 +473,8 @@ def train_and_evaluate(config: TrainConfig, *,
   finally:
     store.close()
   return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
-                     translations=translations, preempted=preempted, quality=scores)
+                     translations=translations, preempted=preempted, quality=scores,
+                     memory_plan=run.memory_plan)
 
 
 def _check_epochs_cover_max_steps(config: TrainConfig, data: RunData, pad_id: int,
