@@ -5,6 +5,9 @@ Runs in the side environment that ``scripts/setup_reference_env.sh`` makes (Pyth
 CPU, transformers, gguf), as a subprocess of the tests:
 
     python transformers_logits.py --model=DIR_OR_GGUF_FILE --tokens=2,818,5279 --out=logits.npy
+
+``--adapter=DIR`` (one per ``--model``, ``''`` for none) applies PEFT LoRA adapters to that model
+with ``peft.PeftModel.from_pretrained``. With several ``--model``s the output is ``[models, T, V]``.
 """
 
 import argparse
@@ -17,22 +20,33 @@ import transformers
 
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument('--model', required=True, help='a Hugging Face directory or a .gguf file')
+  parser.add_argument('--model', required=True, action='append',
+                      help='a Hugging Face directory or a .gguf file (repeatable)')
+  parser.add_argument('--adapter', action='append', default=[],
+                      help='a PEFT adapter directory for the --model of the same position')
   parser.add_argument('--tokens', required=True, help='comma-separated token ids, BOS first')
   parser.add_argument('--out', required=True, help='where to write float32 logits [T, V] (.npy)')
   args = parser.parse_args()
-  if args.model.endswith('.gguf'):
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(args.model), gguf_file=os.path.basename(args.model),
-        dtype=torch.float32)
-  else:
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-  model.eval()
+  adapters = args.adapter + [''] * (len(args.model) - len(args.adapter))
   tokens = torch.tensor([[int(t) for t in args.tokens.split(',')]])
-  with torch.no_grad():
-    logits = model(tokens).logits[0].float().numpy()
-  np.save(args.out, logits)
-  print(type(model).__name__, logits.shape)
+  outputs = []
+  for path, adapter in zip(args.model, adapters):
+    model = load(path)
+    if adapter:
+      import peft  # pylint: disable=import-outside-toplevel
+      model = peft.PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    with torch.no_grad():
+      outputs.append(model(tokens).logits[0].float().numpy())
+    print(type(model).__name__, outputs[-1].shape)
+  np.save(args.out, outputs[0] if len(outputs) == 1 else np.stack(outputs))
+
+
+def load(path: str):
+  if path.endswith('.gguf'):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
 if __name__ == '__main__':
