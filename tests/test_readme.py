@@ -37,7 +37,7 @@ def test_readme_examples(tmp_path, mtnt_valid_tsv):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
   (tmp_path / 'runs' / 'demo').symlink_to(tmp_path / 'runs' / 'mine')
-  export = _bash(readme_bash_block('gemma_mt.export').splitlines()[0], tmp_path)
+  export = _bash(readme_bash_block('gemma_mt.export --workdir=runs/demo').splitlines()[0], tmp_path)
   assert export.returncode == 0, export.stderr[-3000:]
   load_block = next(b for b in blocks if 'PyTreeCheckpointer().restore' in b)
   done = subprocess.run([sys.executable, '-c', load_block], cwd=tmp_path, env=subprocess_env(),

@@ -298,6 +298,43 @@ def test_memory_plan_of_real_models_on_8_devices():
   assert 'mlp/gating_einsum (2, 2048, 640) → (None, None, \'fsdp\')' in '\n'.join(lines)
 
 
+def test_memory_plan_of_a_lora_run_counts_its_quantized_base():
+  """gemma3-270m LoRA (rank 16) on an int8 base over 8 simulated devices, no weight read: the
+  frozen base is a row of its own, its projections one byte a parameter (int4: half a byte),
+  the embedding in bfloat16; adapters and their Adam moments are all that trains."""
+  from flax import traverse_util
+  from gemma_mt.models import lora
+  from gemma_mt.train import frozen_base, loop
+  from gemma_mt.train.config import TrainConfig
+
+  config = TrainConfig(model='gemma3-270m', mesh='fsdp:8', batch_size=8, max_seq_len=32,
+                       lora_rank=16, base_dtype='bfloat16', base_quantization='int8',
+                       compute_dtype='bfloat16', max_steps=10)
+  run, lines = loop.plan_memory(config)
+  plan = run.memory_plan
+  assert any(line.startswith('  frozen base ') for line in lines)
+  assert any('frozen base of 268,098,176 parameters (bfloat16, quantization int8' in line
+             for line in lines)
+  flat = traverse_util.flatten_dict(run.base_layout.abstract_base, sep='/')
+  projections = sum(x.size for k, x in flat.items() if lora.einsum_name(k))
+  others = sum(x.size for k, x in flat.items() if not lora.einsum_name(k))
+  assert projections + others == 268_098_176
+  # int8 projections + bfloat16 embedding and norms, an eighth per device (+ the scales).
+  expected = (projections + 2 * others) / 8
+  assert expected < plan.frozen < expected * 1.02, (plan.frozen, expected)
+  adapters = models.count_params(run.abstract_state.params)
+  # float32 adapters: those along the model dimension split over fsdp, the rest replicated.
+  assert 4 * adapters / 8 < plan.params < 4 * adapters
+  assert 2 * plan.params <= plan.opt_state <= 2 * plan.params * 1.01
+  assert plan.params < plan.frozen / 8
+  assert plan.total == (plan.frozen + plan.params + plan.opt_state + plan.gradients
+                        + plan.activations + plan.batch)
+  int4 = lora.abstract_quantized(frozen_base.layout(
+      config, run.run_model.spec, run.mesh).abstract_base, 'int4', True)
+  int4_bytes = sharding.bytes_per_device(int4, sharding.param_shardings(run.mesh, int4))
+  assert int4_bytes < plan.frozen - 0.49 * projections / 8
+
+
 def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   # The CPU recipe's flagfile, parsed and validated by the CLI, with a batch that cannot fit

@@ -49,7 +49,7 @@ class QuantizedWeight:
   """An einsum weight as integers: ``values / scale`` is the weight (gemma's convention).
 
   ``values`` int8 or int4 with the weight's shape; ``scale`` float32 with size 1 along the
-  first contracted dimension (one scale per output channel).
+  contracted dimensions (one scale per output channel).
   """
 
   values: jax.Array
@@ -76,7 +76,7 @@ def einsum_name(path: str) -> str | None:
   return None
 
 
-def adapter_paths(weight_path: str) -> str:
+def adapter_path(weight_path: str) -> str:
   """Where the adapters of a weight live: ``…/q_einsum/lora``, ``…/mlp/linear_lora``."""
   name = einsum_name(weight_path)
   if name in ('gating_einsum', 'linear'):
@@ -99,18 +99,14 @@ def split(params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def combine(base: Any, adapters: Any) -> dict[str, Any]:
   """The inverse of ``split``: one tree the adapted model takes."""
-  flat = traverse_util.flatten_dict(base, sep='/', is_leaf=_is_quantized_or_array)
+  flat = traverse_util.flatten_dict(base, sep='/')
   flat.update(traverse_util.flatten_dict(adapters, sep='/'))
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
-def _is_quantized_or_array(_path: Any, value: Any) -> bool:
-  return isinstance(value, QuantizedWeight)
-
-
-def _scale_axis(name: str, transpose_gating: bool) -> int:
+def _contracted_axes(name: str, transpose_gating: bool) -> tuple[int, ...]:
   letters, contracted = weight_letters(name, transpose_gating)
-  return letters.index(contracted[0])
+  return tuple(letters.index(c) for c in contracted)
 
 
 def quantize(base: Any, method: str, transpose_gating: bool) -> Any:
@@ -131,7 +127,8 @@ def quantize(base: Any, method: str, transpose_gating: bool) -> Any:
     values, scale = _quantization_utils.uniform_quantize(
         value.astype(jnp.float32), bitwidth=bits,
         granularity=_quantization_utils.QuantizationGranularity.PER_CHANNEL, dtype=dtype,
-        axis_to_reduce=_scale_axis(name, transpose_gating))
+        # All contracted axes (gemma's helper hands them to jnp.max): one scale per output.
+        axis_to_reduce=_contracted_axes(name, transpose_gating))
     out[path] = QuantizedWeight(values, scale.astype(jnp.float32))
   return traverse_util.unflatten_dict(out, sep='/')
 
@@ -148,14 +145,13 @@ def fold(params: Any, lora: LoraSpec, transpose_gating: bool, dtype: Any = None)
   base, adapters = split(params)
   flat_adapters = traverse_util.flatten_dict(adapters, sep='/')
   out = {}
-  for path, value in traverse_util.flatten_dict(base, sep='/',
-                                                is_leaf=_is_quantized_or_array).items():
+  for path, value in traverse_util.flatten_dict(base, sep='/').items():
     name = einsum_name(path)
     if isinstance(value, QuantizedWeight):
       value = value.dequantize(dtype or jnp.float32)
     elif dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
       value = value.astype(dtype)
-    where = adapter_paths(path) if name else None
+    where = adapter_path(path) if name else None
     if where and where + '/a' in flat_adapters:
       delta = weight_delta(flat_adapters[where + '/a'], flat_adapters[where + '/b'], name,
                            transpose_gating)
@@ -171,15 +167,6 @@ def weight_delta(a: jax.Array, b: jax.Array, name: str, transpose_gating: bool) 
   b_letters = 'r' + ''.join(c for c in letters if c not in contracted)
   return jnp.einsum(f'{a_letters},{b_letters}->{letters}', a.astype(jnp.float32),
                     b.astype(jnp.float32))
-
-
-def adapter_shapes(weight_shape: tuple[int, ...], name: str, rank: int,
-                   transpose_gating: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Shapes of ``a`` and ``b`` for a weight of ``weight_shape``."""
-  letters, contracted = weight_letters(name, transpose_gating)
-  size = dict(zip(letters, weight_shape))
-  return (tuple(size[c] for c in letters if c in contracted) + (rank,),
-          (rank,) + tuple(size[c] for c in letters if c not in contracted))
 
 
 def smallest_adapted_dimension(abstract_base: Any, lora_targets: tuple[str, ...],
