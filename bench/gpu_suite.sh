@@ -10,7 +10,8 @@
 # bfloat16, AdamW) at the largest batch of 32/16/8 × 512 whose compiled step fits the device,
 # with MFU against the bfloat16 matmul rate measured in the same run and the published peak;
 # the loss from full logits against --loss_chunk (Gemma 3 1B shape, 32 × 256); decoding
-# throughput (Gemma 3 1B shape, random weights). LoRA rows come with LoRA (not built yet).
+# throughput (Gemma 3 1B shape, random weights); LoRA rank 16 on the Gemma 2B shape, on a bf16
+# and an int8 base.
 #
 # A machine without network or TensorFlow: put the wheels that BUILD.md ("The GPU benchmark")
 # lists in .whl/ (carried with the working tree); this script installs them into a temporary
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--cpu" ]]; then
   PY=.venv/bin/python
   $PY bench/step_throughput.py --quick
+  $PY bench/step_throughput.py --quick --lora_rank=4 --base_quantization=int8
   $PY bench/chunked_loss.py --quick
   $PY bench/decode.py --quick
   exit 0

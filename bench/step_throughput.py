@@ -26,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
-            dtype: str) -> dict[str, float | str]:
+            dtype: str, lora_rank: int = 0, base_quantization: str = 'none'
+            ) -> dict[str, float | str]:
   import jax  # pylint: disable=import-outside-toplevel
 
   if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
@@ -65,32 +66,44 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     params = models.init_params(transformer, 0, 8)
     return step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-  abstract = jax.eval_shape(init)
-  shardings = sharding.state_shardings(mesh, abstract, optimizer)
-  state = jax.jit(init, out_shardings=shardings)()
+  frozen, num_frozen = {}, 0
+  if lora_rank:  # the library's own LoRA run: adapters on a frozen (random) base
+    run, frozen, state = _lora_run(spec, mesh, lora_rank, base_quantization, dtype, batch_size,
+                                   seq_len)
+    abstract, shardings, frozen_shardings = run.abstract_state, run.state_shardings, jax.tree.map(
+        lambda x: x.sharding, run.base_layout.abstract_frozen)
+    transformer, optimizer = run.model, run.optimizer
+    num_frozen = models.count_params(run.base_layout.abstract_base)
+  else:
+    abstract = jax.eval_shape(init)
+    shardings = sharding.state_shardings(mesh, abstract, optimizer)
+    state = jax.jit(init, out_shardings=shardings)()
+    frozen_shardings = {}
   rng = np.random.RandomState(0)
   tokens = rng.randint(4, shape.num_embed, size=(batch_size, seq_len)).astype(np.int32)
   tokens[:, 0] = 2
   mask = np.ones_like(tokens, dtype=bool)
   mask[:, : seq_len // 4] = False
   batch = sharding.global_batch(TrainingInput(tokens, mask), mesh)
+  compute_dtype = jnp.dtype(dtype) if lora_rank and dtype != 'float32' else None
   train = jax.jit(functools.partial(step.train_step, model=transformer, optimizer=optimizer,
-                                    pad_id=0),
-                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                                    pad_id=0, compute_dtype=compute_dtype),
+                  in_shardings=(shardings, sharding.batch_sharding(mesh), frozen_shardings),
                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   start = time.perf_counter()
-  compiled = train.lower(state, batch).compile()
+  compiled = train.lower(state, batch, frozen).compile()
   compile_s = time.perf_counter() - start
   total_flops = perf.model_flops_per_step(
       num_params=models.count_params(abstract.params), num_layers=shape.num_layers,
-      num_heads=shape.num_heads, head_dim=shape.head_dim, batch_size=batch_size, seq_len=seq_len)
+      num_heads=shape.num_heads, head_dim=shape.head_dim, batch_size=batch_size, seq_len=seq_len,
+      num_frozen_params=num_frozen)
   xla_flops = (perf.compiled_flops(compiled) or float('nan')) * devices
   for _ in range(2):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
   published = perf.peak_tflops(jax.devices()[0].device_kind)
@@ -112,8 +125,27 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   }
 
 
+def _lora_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
+              seq_len: int):
+  """(compiled run, frozen base, fresh state) of a LoRA run of ``spec`` on ``mesh``: float32
+  adapters, the base in ``dtype`` (and ``quantization``), compute in ``dtype``."""
+  from gemma_mt.models import sources  # pylint: disable=import-outside-toplevel
+  from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from gemma_mt.train import frozen_base, loop  # pylint: disable=import-outside-toplevel
+
+  config = config_lib.TrainConfig(
+      model=spec.name, batch_size=batch_size, max_seq_len=seq_len, lora_rank=rank,
+      lora_alpha=2.0 * rank, base_dtype=dtype, compute_dtype=dtype,
+      base_quantization=quantization, max_steps=10,
+      mesh=','.join(f'{axis}:{size}' for axis, size in mesh.shape.items()))
+  run_model = sources.resolve_run_model(spec.name, need_weights=False)
+  run = loop.compile_run(config, run_model, 10, devices=list(mesh.devices.flat))
+  frozen, _ = frozen_base.load(config, run_model, run.base_layout)
+  return run, frozen, loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
+
+
 def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int,
-                          dtype: str) -> int:
+                          dtype: str, lora_rank: int = 0, base_quantization: str = 'none') -> int:
   """The first of ``batches`` whose compiled step (XLA's memory analysis) fits the device."""
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -123,8 +155,10 @@ def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int,
 
   name = 'gemma-2b' if model == 'gemma-2b-architecture' else model
   for batch_size in batches:
+    lora = dict(lora_rank=lora_rank, base_dtype=dtype, param_dtype='float32',
+                base_quantization=base_quantization) if lora_rank else dict(param_dtype=dtype)
     config = config_lib.TrainConfig(model=name, batch_size=batch_size, max_seq_len=seq_len,
-                                    param_dtype=dtype, compute_dtype=dtype, max_steps=1)
+                                    compute_dtype=dtype, max_steps=1, **lora)
     run, _ = loop.plan_memory(config, devices=jax.devices()[:1])
     if run.memory_plan.fits():
       return batch_size
@@ -155,35 +189,47 @@ def main() -> None:
   parser.add_argument('--mesh', default='')
   parser.add_argument('--quick', action='store_true',
                       help='the tiny model at sequence 32, batch 16, 2 steps: seconds')
+  parser.add_argument('--lora_rank', type=int, default=0,
+                      help='LoRA adapters of this rank on a frozen base (the rows of --gpu: 16)')
+  parser.add_argument('--base_quantization', default='none', help='none, int8 or int4')
   args = parser.parse_args()
   if args.quick:
     args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
   if args.gpu:
-    for model, label in (('gemma-2b-architecture', 'Gemma 2B architecture'),
-                         ('gemma3-1b', 'Gemma 3 1B architecture')):
-      batch_size = largest_fitting_batch(model, (32, 16, 8), seq_len=512, dtype='bfloat16')
+    for model, label, lora_rank, quantization in (
+        ('gemma-2b-architecture', 'Gemma 2B architecture', 0, 'none'),
+        ('gemma3-1b', 'Gemma 3 1B architecture', 0, 'none'),
+        ('gemma-2b-architecture', 'Gemma 2B architecture, LoRA rank 16', 16, 'none'),
+        ('gemma-2b-architecture', 'Gemma 2B architecture, LoRA rank 16, int8 base', 16, 'int8')):
+      batch_size = largest_fitting_batch(model, (32, 16, 8), seq_len=512, dtype='bfloat16',
+                                         lora_rank=lora_rank, base_quantization=quantization)
       row = measure(model=model, devices=0, mesh='', batch_size=batch_size, seq_len=512,
-                    steps=5, dtype='bfloat16')
+                    steps=5, dtype='bfloat16', lora_rank=lora_rank,
+                    base_quantization=quantization)
       print(json.dumps(row))
-      _print_rows([row], f'{row["device_kind"]}: {label} ({row["params_m"]:.0f}M parameters), '
-                  f'sequence 512, batch {batch_size} (the largest of 32/16/8 that fits), '
-                  f'bfloat16, AdamW; compile {row["compile_s"]:.0f} s')
+      _print_rows([row], f'{row["device_kind"]}: {label} ({row["params_m"]:.0f}M trained '
+                  f'parameters), sequence 512, batch {batch_size} (the largest of 32/16/8 that '
+                  f'fits), bfloat16, AdamW; compile {row["compile_s"]:.0f} s')
     return
   if args.devices:
     print(json.dumps(measure(model=args.model, devices=args.devices, mesh=args.mesh,
                              batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
-                             dtype=args.dtype)))
+                             dtype=args.dtype, lora_rank=args.lora_rank,
+                             base_quantization=args.base_quantization)))
     return
   rows = []
   for devices, mesh in ((1, 'data:1'), (8, 'data:8'), (8, 'fsdp:8')):
     out = subprocess.run(
         [sys.executable, __file__, f'--devices={devices}', f'--mesh={mesh}',
          f'--model={args.model}', f'--seq_len={args.seq_len}', f'--dtype={args.dtype}',
-         f'--batch_size={args.batch_size}', f'--steps={args.steps}'],
+         f'--batch_size={args.batch_size}', f'--steps={args.steps}',
+         f'--lora_rank={args.lora_rank}', f'--base_quantization={args.base_quantization}'],
         capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  _print_rows(rows, f'model {args.model} ({rows[0]["params_m"]:.1f}M parameters), sequence '
-              f'{args.seq_len}, batch {args.batch_size}, {args.dtype}, AdamW')
+  lora = (f', LoRA rank {args.lora_rank} ({args.base_quantization} base)'
+          if args.lora_rank else '')
+  _print_rows(rows, f'model {args.model} ({rows[0]["params_m"]:.1f}M trained parameters'
+              f'{lora}), sequence {args.seq_len}, batch {args.batch_size}, {args.dtype}, AdamW')
 
 
 if __name__ == '__main__':
