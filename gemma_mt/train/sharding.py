@@ -148,7 +148,7 @@ def param_partition_spec(path_name: str, shape: Sequence[int], mesh: Mesh,
   spec = []
   for dim, axis in zip(shape, logical_axes(path_name, len(shape), rules)):
     mesh_axis = LOGICAL_TO_MESH.get(axis) if axis else None
-    if dim == 1:  # a quantized weight's scale along its contracted dimension
+    if dim == 1 and path_name.endswith('/scale'):  # a quantized weight's, contracted dimension
       mesh_axis = None
     if mesh_axis is not None and mesh.shape[mesh_axis] > 1 and dim % mesh.shape[mesh_axis]:
       _LOG.info('%s: dimension %s of size %d does not divide over %s=%d; replicated',
