@@ -146,7 +146,7 @@ def measure_step(args: argparse.Namespace) -> None:
   tokens = np.ones((args.batch_size, args.seq_len), np.int32) * 5
   batch = TrainingInput(input_tokens=tokens, target_mask=np.ones_like(tokens, bool))
   for _ in range(2):
-    state, metrics = run.train_fn(state, batch)
+    state, metrics = run.train_fn(state, batch, {})  # {}: no frozen base (not a LoRA run)
   jax.block_until_ready(metrics)
   done.set()
   sampler.join()
