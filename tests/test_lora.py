@@ -2,9 +2,7 @@
 resume after SIGKILL, refusals, exports and translation (the tiny model; the real Gemma 3 270M
 against Hugging Face PEFT is in test_real_models.py)."""
 
-import dataclasses
 import json
-import pathlib
 import signal
 import subprocess
 import sys
