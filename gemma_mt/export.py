@@ -48,7 +48,6 @@ def export_params(workdir: str, out: str, step: int | None = None,
 
   from gemma_mt import models  # pylint: disable=import-outside-toplevel
   from gemma_mt.models import hf  # pylint: disable=import-outside-toplevel
-  from gemma_mt.models import lora  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import checkpoint  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import frozen_base  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
@@ -83,13 +82,10 @@ def export_params(workdir: str, out: str, step: int | None = None,
     raise errors.UserError(f'--workdir={workdir} is not a LoRA run: leave out --merge_lora and '
                            '--adapters_only')
   dtype = config.frozen_dtype if config.lora else config.param_dtype
+  if config.lora and adapters_only:
+    return _write_peft(out, frozen_base.restore_lora_run(workdir, step, config)[2], config)
   if config.lora:
-    base_layout, frozen, adapters = frozen_base.restore_lora_run(workdir, step, config)
-    if adapters_only:
-      return _write_peft(out, adapters, config)
-    params: Any = lora.fold(lora.combine(frozen, adapters), config.lora_spec(),
-                            frozen_base.transposed_gating(base_layout.base_model),
-                            jax.numpy.dtype(dtype))
+    params: Any = frozen_base.merged_lora_params(workdir, step, config, jax.numpy.dtype(dtype))
   else:
     abstract = models.abstract_params(spec, jax.numpy.dtype(config.param_dtype))
     params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)

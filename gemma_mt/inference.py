@@ -14,7 +14,6 @@ from gemma_mt import models
 from gemma_mt.data import records
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import sources as model_sources
-from gemma_mt.models import lora
 from gemma_mt.train import checkpoint
 from gemma_mt.train import frozen_base
 
@@ -61,10 +60,8 @@ def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
   spec = models.get_model_spec(config.model)
   if config.lora:
     # The base read again from the run's --ckpt, the adapters folded into it: a plain model.
-    base_layout, frozen, adapters = frozen_base.restore_lora_run(workdir, step, config)
     model = spec.transformer(jnp.float32)
-    params = lora.fold(lora.combine(frozen, adapters), config.lora_spec(),
-                       frozen_base.transposed_gating(base_layout.base_model), jnp.float32)
+    params = frozen_base.merged_lora_params(workdir, step, config, jnp.float32)
   else:
     model = spec.transformer(jnp.dtype(config.param_dtype))
     abstract = _single_device(models.abstract_params(spec, jnp.dtype(config.param_dtype)))

@@ -128,6 +128,14 @@ def restore_lora_run(workdir: str, step: int, config: TrainConfig,
   return base_layout, frozen, adapters
 
 
+def merged_lora_params(workdir: str, step: int, config: TrainConfig, dtype: Any) -> Any:
+  """A LoRA run's checkpoint ``step`` as a plain model's parameters on one device: the base read
+  again, the adapters folded into it (``lora.fold``), in ``dtype``."""
+  base_layout, frozen, adapters = restore_lora_run(workdir, step, config)
+  return lora.fold(lora.combine(frozen, adapters), config.lora_spec(),
+                   transposed_gating(base_layout.base_model), dtype)
+
+
 def check_base(store: checkpoint.RunCheckpoints, step: int, fingerprint: dict[str, list[float]],
                config: TrainConfig) -> None:
   """CheckpointError if checkpoint ``step`` was trained on another base than ``fingerprint``'s."""
