@@ -20,6 +20,25 @@ jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 SHARED_MTNT = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 
+# Fixtures (session scope) that run a training job for several tests. Their tests go to one
+# xdist worker, so the job runs once; session scope, because a worker runs other modules' tests
+# in between, and a module-scoped fixture would be torn down and run again each time.
+SHARED_RUNS = ('reference', 'trained', 'lora_run', 'cli_reference', 'uninterrupted')
+# The modules of the longest tests and groups, scheduled first: started last, one of them would
+# run alone on one core at the end of the suite.
+LONGEST_FIRST = ('test_real_models', 'test_multiprocess', 'test_checkpoint', 'test_lora',
+                 'test_cli', 'test_readme', 'test_translate', 'test_sharding')
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  for item in items:
+    for name in SHARED_RUNS:
+      if name in getattr(item, 'fixturenames', ()):
+        item.add_marker(pytest.mark.xdist_group(f'{item.module.__name__}.{name}'))
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+
 
 @pytest.fixture(scope='session')
 def demo_tokenizer():

@@ -74,7 +74,7 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
   done = _run(workdir)

@@ -29,7 +29,7 @@ def _losses(workdir) -> dict[int, float]:
   return {m['step']: m['train_loss'] for m in _metrics(workdir) if 'train_loss' in m}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   return workdir, loop.train_and_evaluate(_config(workdir))

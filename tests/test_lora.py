@@ -124,7 +124,7 @@ def _config(workdir, **overrides) -> TrainConfig:
   return TrainConfig(**values)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def lora_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('lora')
   return workdir, loop.train_and_evaluate(_config(workdir))
@@ -225,7 +225,7 @@ def _cli(args, **kwargs) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300, **kwargs)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def cli_reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('lora-cli')
   done = _cli(['gemma_mt.train', f'--workdir={workdir}', *CLI_FLAGS])

@@ -29,7 +29,7 @@ TOKENS = [2, 818, 5279, 529, 7001, 563]  # BOS "The capital of France is"
 REFERENCE_PYTHON = REPO / '.venv-ref' / 'bin' / 'python'
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def gguf_path() -> str:
   return gguf.resolve_path('gemma3-270m')
 
@@ -44,7 +44,7 @@ def _abstract(spec: models.ModelSpec, mesh, dtype=jnp.float32):
   return sharding.with_shardings(abstract, sharding.param_shardings(mesh, abstract, rules))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def gemma3(gguf_path):
   """(resolved source, float32 parameters on one device, flax model) of the real 270M."""
   resolved = sources.resolve('gguf:gemma3-270m')
@@ -135,9 +135,9 @@ def test_loaded_270m_is_a_real_language_model(gemma3, gguf_path):
     sums = eval_fn(p, batch)
     return float(sums.loss_sum / sums.num_tokens)
 
-  random = jax.jit(lambda: models.init_params(model, 0, 8))()
-  real_loss, random_loss = mean_loss(params), mean_loss(random)
-  assert real_loss < 4.0 < 10.0 < random_loss, (real_loss, random_loss)
+  # A uniform guess over the 262,144 pieces costs ln(262144) = 12.5 nats a token.
+  real_loss = mean_loss(params)
+  assert real_loss < 4.0, real_loss
   # Greedy continuations, one fixed-length forward pass per token (causal: the zeros after the
   # text change nothing).
   forward = jax.jit(lambda p, t: model.apply({'params': p}, t).logits)
@@ -510,10 +510,11 @@ def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
 
 
 def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_path):
-  """The README's fine-tune of the real model: the CLI from the GGUF file, and the CLI from a
-  Hugging Face copy of the same weights: bit-identical. (Exact resume is the same code for every
-  model; the demo model's kill tests show it. Two CLI runs of one shape compile once: the
-  second reads the step from the persistent compilation cache.)"""
+  """The README's fine-tune of the real model, shortened: the CLI from the GGUF file lowers the
+  evaluation loss; the trained weights, restored, give the run's evaluation loss; both export
+  formats read back. (The other sources load the same weights bit for bit,
+  ``test_orbax_kaggle_and_hf_sources_load_back_bit_equal``; exact resume is the same code for
+  every model, the demo model's kill tests show it.)"""
   from gemma_mt.export import export_params
   from gemma_mt.train import checkpoint
 
@@ -522,37 +523,22 @@ def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_pat
                max_seq_len=48, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0,
                log_every_n=1, save_every_n=100, num_translations=0, bleu_examples=0,
                max_steps=3, eval_every_n=3, cpu_devices_per_process=1)
-
-  def train(workdir: pathlib.Path, ckpt: str) -> None:
-    done = subprocess.run(
-        [sys.executable, '-m', 'gemma_mt.train', f'--ckpt={ckpt}', f'--workdir={workdir}',
-         *(f'--{k}={v}' for k, v in flags.items())],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert 'final eval_loss' in done.stdout
-
   cli = tmp_path / 'cli'
-  train(cli, 'gguf:gemma3-270m')
-  hf_dir = tmp_path / 'hf'
-  hf_dir.mkdir()
-  (hf_dir / 'config.json').write_text(json.dumps(hf.hf_config(resolved.spec, 'float32')))
-  (hf_dir / 'tokenizer.model').write_bytes(pathlib.Path(resolved.tokenizer_path).read_bytes())
-  hf.write_safetensors(str(hf_dir), hf.hf_tensors(params, resolved.spec.transformer_config()),
-                       np.float32)
-  lib = tmp_path / 'lib'
-  train(lib, str(hf_dir))
+  done = subprocess.run(
+      [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
+       *(f'--{k}={v}' for k, v in flags.items())],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'final eval_loss' in done.stdout
   abstract = models.abstract_params(resolved.spec, jnp.float32)
-  trained_params = checkpoint.restore_params(str(lib), abstract)
+  trained_params = checkpoint.restore_params(str(cli), abstract)
 
-  cli_metrics, lib_metrics = _metrics(cli), _metrics(lib)
-  for step in range(1, 4):
-    assert cli_metrics[step]['train_loss'] == lib_metrics[step]['train_loss'], step
-  assert cli_metrics[3]['eval_loss'] == lib_metrics[3]['eval_loss']
+  metrics = _metrics(cli)
+  assert [s for s in metrics if 'train_loss' in metrics[s]] == [1, 2, 3]
   untrained = _eval_loss(model, params, resolved.tokenizer_path, mtnt_splits)
-  assert lib_metrics[3]['eval_loss'] < untrained - 0.3, (untrained, lib_metrics)
-  assert lib_metrics[3]['eval_loss'] == pytest.approx(
+  assert metrics[3]['eval_loss'] < untrained - 0.3, (untrained, metrics)
+  assert metrics[3]['eval_loss'] == pytest.approx(
       _eval_loss(model, trained_params, resolved.tokenizer_path, mtnt_splits), rel=1e-5)
-  _assert_bit_equal(checkpoint.restore_params(str(cli), abstract), trained_params)
   # The run's config records the source; its tokenizer is kept in the workdir.
   saved = json.loads((cli / 'checkpoints' / '3' / 'config' / 'metadata').read_text())
   assert saved['ckpt'] == 'gguf:gemma3-270m' and saved['model'] == 'gemma3-270m'
@@ -561,10 +547,10 @@ def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_pat
 
   # Exports: the gemma library's layout reads back equal; transformers reads the HF one.
   gemma_export = tmp_path / 'export-gemma'
-  export_params(str(lib), str(gemma_export))
+  export_params(str(cli), str(gemma_export))
   _assert_bit_equal(gm.ckpts.load_params(gemma_export / 'params'), trained_params)
   hf_export = tmp_path / 'export-hf'
-  export_params(str(lib), str(hf_export), export_format='hf')
+  export_params(str(cli), str(hf_export), export_format='hf')
   assert json.loads((hf_export / 'config.json').read_text())['model_type'] == 'gemma3_text'
   ours = _logits(model, trained_params)
   theirs = _reference_logits(str(hf_export), tmp_path)

@@ -50,10 +50,7 @@ def test_decoding_stops_at_end_of_turn_too(demo_tokenizer):
 
 
 # The tests of one trained model share a worker, so that it is trained once.
-TRAINED = pytest.mark.xdist_group('trained_demo_model')
-
-
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A short demo run: a model whose translations differ from sentence to sentence."""
   from gemma_mt.train import loop
@@ -65,7 +62,6 @@ def trained(tmp_path_factory):
   return workdir, result
 
 
-@TRAINED
 def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, trained):
   from gemma_mt.data import sources
   model = models.get_model_spec('tiny').transformer(jnp.float32)
@@ -119,7 +115,6 @@ def _demo_sources(count: int) -> list[str]:
   return [source for source, _ in pairs[:count]]
 
 
-@TRAINED
 def test_beam_search_finds_what_a_cacheless_beam_search_finds(demo_tokenizer, trained):
   model = models.get_model_spec('tiny').transformer(jnp.float32)
   params = trained[1].state.params
@@ -156,7 +151,6 @@ def test_beam_search_stops_at_eos_and_at_the_budget(demo_tokenizer):
   assert chatty(['The cat.', 'I see two dogs.']) == [' '.join(['chat'] * 8)] * 2
 
 
-@TRAINED
 def test_decoding_on_the_training_mesh_gives_the_single_device_outputs(demo_tokenizer, trained):
   import jax
   from gemma_mt.train import sharding
@@ -200,7 +194,6 @@ def _cli(module: str, *args: str, stdin: str | None = None):
                         input=stdin, capture_output=True, text=True, timeout=300)
 
 
-@TRAINED
 def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
     demo_tokenizer, trained, tmp_path):
   workdir, result = trained
@@ -224,7 +217,6 @@ def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
   assert piped.returncode == 0 and piped.stdout == out[2] + '\n'
 
 
-@TRAINED
 def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_path):
   workdir, _ = trained
   done = _cli('gemma_mt.translate', f'--workdir={tmp_path}', stdin='The cat.\n')
@@ -237,7 +229,6 @@ def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_pat
       f'error: --step=7: {workdir} has checkpoints at steps 150')
 
 
-@TRAINED
 def test_evaluate_cli_json_and_tsv(trained, tmp_path):
   import json
   from gemma_mt import quality
