@@ -16,37 +16,38 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   workdir = tmp_path / 'demo'
-  done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
-                '--eval_every_n=40', '--save_every_n=80', '--num_translations=3',
-                '--bleu_examples=100')
+  done = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=80',
+                '--warmup_steps=20', '--eval_every_n=20', '--save_every_n=40',
+                '--num_translations=3', '--bleu_examples=100')
   assert done.returncode == 0, done.stderr[-3000:]
   metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [m['eval_loss'] for m in metrics if 'eval_loss' in m]
   assert len(evals) == 4
-  assert evals[-1] <= evals[0] / 2, evals
+  # Each evaluation lower than the one before; at the end far below a uniform guess (ln 1024).
+  assert all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < 0.7 * evals[0] < 3.5, evals
   assert all(isinstance(m['step'], int) for m in metrics)
   from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
   events = accumulator.EventAccumulator(str(workdir / 'tensorboard'),
                                         size_guidance={accumulator.TENSORS: 0})
   events.Reload()
-  assert [e.step for e in events.Tensors('eval_loss')] == [40, 80, 120, 160]
+  assert [e.step for e in events.Tensors('eval_loss')] == [20, 40, 60, 80]
   texts = events.Tensors('translations')  # the sample translations, as TensorBoard text
   assert len(texts) == 1 and texts[0].tensor_proto.string_val[0].decode().count('en: ') == 3
   # BLEU and chrF++ of the validation split (--bleu_every_n=800 in the flagfile: the end only).
   scored = [m for m in metrics if 'eval_bleu' in m]
-  assert [m['step'] for m in scored] == [160] and 0 < scored[0]['eval_chrf'] <= 100
-  assert [e.step for e in events.Tensors('eval_bleu')] == [160]
+  assert [m['step'] for m in scored] == [80] and 0 < scored[0]['eval_chrf'] <= 100
+  assert [e.step for e in events.Tensors('eval_bleu')] == [80]
   assert events.Tensors('eval_translations')
   assert 'validation BLEU' in done.stdout and 'on 100 pairs' in done.stdout
-  # Every new best evaluation (40, 80, 120, 160 here) is saved too; the last two are kept.
-  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['120', '160']
+  # Every new best evaluation (20, 40, 60, 80 here) is saved too; the last two are kept.
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['60', '80']
   assert 'translations of held-out sentences:' in done.stdout
   assert done.stdout.count('  en: ') == 3
   assert 'step/s' in done.stderr  # the progress bar
   # Running the same command again resumes at the end: nothing more to train.
-  again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=160',
-                 '--eval_every_n=40', '--save_every_n=80', '--num_translations=0',
-                 '--bleu_examples=0')
+  again = _train('--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=80',
+                 '--warmup_steps=20', '--eval_every_n=20', '--save_every_n=40',
+                 '--num_translations=0', '--bleu_examples=0')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from' in again.stderr
   assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(metrics)
