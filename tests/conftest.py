@@ -46,3 +46,39 @@ def pytest_configure(config: pytest.Config) -> None:
   if config.getvalue('dist') == 'loadgroup' and pytest.version_tuple[:2] >= (9, 2):
     raise pytest.UsageError(f'pytest {pytest.__version__} breaks --dist loadgroup: install the '
                             "test extra (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope='session')
+def demo_tokenizer():
+  from gemma_mt import models
+  from gemma_mt.data.tokenizer import GemmaTokenizer
+
+  return GemmaTokenizer(models.DEMO_TOKENIZER)
+
+
+@pytest.fixture(scope='session')
+def mtnt_valid_tsv() -> pathlib.Path:
+  if not SHARED_MTNT.is_file():
+    pytest.skip(f'shared MTNT data not found at {SHARED_MTNT}')
+  return SHARED_MTNT
+
+
+def subprocess_env() -> dict[str, str]:
+  """The environment for running the CLIs as a user would, with the repo importable."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  return env
+
+
+def readme_blocks(language: str) -> list[str]:
+  """The ```language fenced blocks of README.md."""
+  return re.findall(rf'```{language}\n(.*?)```', (REPO / 'README.md').read_text(), flags=re.DOTALL)
+
+
+def readme_bash_block(containing: str) -> str:
+  """The first bash block of README.md that contains ``containing``, lines stripped."""
+  block = next(b for b in readme_blocks('bash') if containing in b)
+  return '\n'.join(line.strip() for line in block.strip().splitlines())
