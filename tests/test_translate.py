@@ -49,7 +49,7 @@ def test_decoding_stops_at_end_of_turn_too(demo_tokenizer):
   assert translator(['The cat.', 'I see two dogs.']) == ['', '']
 
 
-# The tests of one trained model share a worker, so that it is trained once.
+# The tests of one trained model share a worker, so that it is trained once (conftest.SHARED_RUNS).
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A short demo run: a model whose translations differ from sentence to sentence."""
