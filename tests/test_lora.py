@@ -135,10 +135,10 @@ def test_only_adapters_train_and_are_saved(lora_run, tmp_path):
   config = _config(workdir)
   saved = checkpoint.RunCheckpoints(str(workdir / 'checkpoints'), keep=9, save_every_n=9)
   try:
-    state = traverse_util.flatten_dict(
-        {'params': saved._manager.item_metadata(12)['state']['params']}, sep='/')
+    metadata = saved._manager.item_metadata(12)['state']
   finally:
     saved.close()
+  state = traverse_util.flatten_dict({'params': metadata['params']}, sep='/')
   assert state and all(lora.is_adapter(p) for p in state)
   trained = traverse_util.flatten_dict(result.state.params, sep='/')
   assert set(trained) == {p[len('params/'):] for p in state}
@@ -151,11 +151,16 @@ def test_only_adapters_train_and_are_saved(lora_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   for x, y in zip(jax.tree.leaves(adapters), jax.tree.leaves(result.state.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  # A checkpoint of adapters only is a small fraction of a full run's.
+  # A checkpoint of adapters only is a small fraction of a full run's: in the arrays it saves
+  # (parameters and Adam's moments), and on disk. (OCDBT's files are larger than the arrays
+  # when a loaded machine makes it flush in more pieces: 0.8 MB here alone, 2.6 MB under load.)
+  saved_bytes = sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize
+                    for x in jax.tree.leaves(metadata) if hasattr(x, 'shape'))
+  full_bytes = 3 * 4 * models.count_params(plain)  # float32 parameters + Adam's two moments
+  assert saved_bytes < 0.1 * full_bytes, (saved_bytes, full_bytes)
   size = sum(f.stat().st_size for f in (workdir / 'checkpoints' / '12' / 'state').rglob('*')
              if f.is_file())
-  full_bytes = 3 * 4 * models.count_params(plain)  # float32 parameters + Adam's two moments
-  assert size < 0.25 * full_bytes, (size, full_bytes)
+  assert size < 0.5 * full_bytes, (size, full_bytes)
   assert result.memory_plan.frozen > 0 and result.memory_plan.params < result.memory_plan.frozen
 
 

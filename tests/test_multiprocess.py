@@ -113,37 +113,36 @@ def _wait_for_step(workdir, step, proc, timeout=240):
     time.sleep(0.05)
 
 
-def test_a_killed_process_ends_the_job_and_the_job_resumes(tmp_path):
+def _process_1(proc: subprocess.Popen) -> psutil.Process:
+  return next(c for c in psutil.Process(proc.pid).children()
+              if '--process_id=1' in ' '.join(c.cmdline()))
+
+
+def _saved_steps(workdir) -> list[int]:
+  """Steps of the complete checkpoints (a save in progress has a temporary name)."""
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
+
+
+def _resumed_step(stderr: str) -> list[int]:
+  return [int(l.rsplit('at step ', 1)[1]) for l in stderr.splitlines() if 'resumed from' in l]
+
+
+def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
+  """One job (LoRA on an int8 base: 2 processes × 4 devices, each reading its shards of the
+  base), stopped twice and resumed each time. SIGINT (Ctrl-C) to a single process becomes JAX's
+  preemption notice (SIGTERM, what the launcher passes on to every process and a scheduler
+  sends), which the job shares: all stop at one agreed step, save it and exit 0. The same
+  command resumes there on 2 processes; SIGKILL to one of them ends the job within the
+  heartbeat timeout. The same command on one process of 8 devices reads the base again and
+  goes on from the last checkpoint."""
+  lora = ['--lora_rank=4', '--base_quantization=int8']
   # A short heartbeat: the survivor notices within it (the default, 20 s, works the same way).
-  command = _launch_command(tmp_path, 400) + ['--heartbeat_timeout_seconds=5']
+  command = _launch_command(tmp_path, 400, *lora) + ['--heartbeat_timeout_seconds=5']
   proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, 4, proc)
-  victim = next(c for c in psutil.Process(proc.pid).children()
-                if '--process_id=1' in ' '.join(c.cmdline()))
-  victim.send_signal(signal.SIGKILL)
-  killed_at = time.monotonic()
-  _, stderr = proc.communicate(timeout=120)
-  assert time.monotonic() - killed_at < 30
-  assert proc.returncode != 0
-  assert 'error: process 1 of 2 exited with status -9' in stderr
-  assert (tmp_path / 'checkpoints').is_dir()
-  done = _launch(tmp_path, 12)
-  assert done.returncode == 0 and 'resumed from' in done.stderr, done.stderr[-3000:]
-
-
-def test_ctrl_c_to_one_process_saves_one_agreed_step_and_the_job_resumes_on_one(tmp_path):
-  """SIGINT (Ctrl-C) to a single process becomes JAX's preemption notice (SIGTERM, what the
-  launcher passes on to every process and a scheduler sends), which the job shares: all stop
-  at one agreed step, save it and exit 0. The job is a LoRA run on an int8 base (2 processes ×
-  4 devices, each reading its shards of the base); the same command on one process of 8 devices
-  reads the base again and goes on from the saved step."""
-  lora = ['--lora_rank=4', '--base_quantization=int8']
-  proc = subprocess.Popen(_launch_command(tmp_path, 400, *lora), cwd=REPO, env=subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _wait_for_step(tmp_path, 4, proc)
-  next(c for c in psutil.Process(proc.pid).children()
-       if '--process_id=1' in ' '.join(c.cmdline())).send_signal(signal.SIGINT)
+  _process_1(proc).send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 0, stderr[-3000:]
   lines = [l for l in stderr.splitlines() if 'stopping on' in l]
@@ -152,10 +151,27 @@ def test_ctrl_c_to_one_process_saves_one_agreed_step_and_the_job_resumes_on_one(
   assert len(steps) == 1
   step = steps.pop()
   assert (tmp_path / 'checkpoints' / str(step)).is_dir() and step < 400
-  done = _single(tmp_path, step + 3, *lora)
+
+  proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(tmp_path, step + 4, proc)
+  deadline = time.monotonic() + 120
+  while _saved_steps(tmp_path)[-1] == step:  # saves every 3 steps: one is being written
+    assert proc.poll() is None and time.monotonic() < deadline, 'no save after the resume'
+    time.sleep(0.05)
+  _process_1(proc).send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  _, stderr = proc.communicate(timeout=120)
+  assert time.monotonic() - killed_at < 30
+  assert proc.returncode != 0
+  assert _resumed_step(stderr) == [step, step], stderr[-3000:]  # both processes
+  assert 'error: process 1 of 2 exited with status -9' in stderr
+  last = _saved_steps(tmp_path)[-1]
+
+  done = _single(tmp_path, last + 3, *lora)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f'resumed from {tmp_path / "checkpoints"} at step {step}' in done.stderr
-  assert _reported_step(tmp_path) == step + 3
+  assert f'resumed from {tmp_path / "checkpoints"} at step {last}' in done.stderr
+  assert _reported_step(tmp_path) == last + 3
 
 
 def test_slurm_script_signals_the_python_processes():

@@ -265,37 +265,34 @@ def _flagfile_config(name: str, **overrides):
 
 
 def test_memory_plan_of_real_models_on_8_devices():
-  """gemma-2b-it (the tutorial's flagfile, on 8 GPUs) and gemma3-270m compiled for 8 simulated
-  CPU devices, no weight read: the plan's parameter and optimizer shards are an eighth of the
-  unsharded sizes."""
+  """gemma-2b-it (the tutorial's flagfile, on 8 GPUs) compiled for 8 simulated CPU devices, no
+  weight read: the plan's parameter and optimizer shards are an eighth of the unsharded sizes.
+  (Gemma 3 270M's full step is planned by the dry-run CLI test, its LoRA step on 8 devices by
+  the next test.)"""
   from gemma_mt.train import loop
-  from gemma_mt.train.config import TrainConfig
 
   tutorial = _flagfile_config('mtnt_gemma2b_it.flags', ckpt='', model='gemma-2b-it',
                               mesh='fsdp:8', batch_size=8, max_seq_len=32, max_steps=10)
   assert tutorial.param_dtype == tutorial.compute_dtype == 'bfloat16'
   assert tutorial.prompt_template == 'gemma_chat'
   assert _flagfile_config('mtnt_gemma2b_it.flags').mesh == 'data:1'  # one GPU as written
-  for config, count in ((tutorial, 2_506_434_560), (TrainConfig(
-      model='gemma3-270m', mesh='fsdp:8', batch_size=8, max_seq_len=32, param_dtype='bfloat16',
-      compute_dtype='bfloat16', max_steps=10), 268_098_176)):
-    run, lines = loop.plan_memory(config)
-    plan = run.memory_plan
-    assert any(f'{count:,} parameters' in line for line in lines)
-    for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
-                'total', 'device memory'):
-      assert any(line.startswith(f'  {row} ') for line in lines), row
-    # bfloat16: 2 bytes per parameter; all but the norm scales (replicated) split in eight.
-    assert 2 * count / 8 < plan.params < 2 * count / 7.95
-    assert 2 * plan.params <= plan.opt_state < 2 * plan.params * 1.01  # Adam's two moments
-    assert plan.activations > 0 and plan.total == (plan.params + plan.opt_state + plan.gradients
-                                                   + plan.activations + plan.batch)
-    assert plan.fits() == (plan.total <= plan.device_bytes)
+  count = 2_506_434_560
+  run, lines = loop.plan_memory(tutorial)
+  plan = run.memory_plan
+  assert any(f'{count:,} parameters' in line for line in lines)
+  for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
+              'total', 'device memory'):
+    assert any(line.startswith(f'  {row} ') for line in lines), row
+  # bfloat16: 2 bytes per parameter; all but the norm scales (replicated) split in eight.
+  assert 2 * count / 8 < plan.params < 2 * count / 7.95
+  assert 2 * plan.params <= plan.opt_state < 2 * plan.params * 1.01  # Adam's two moments
+  assert plan.activations > 0 and plan.total == (plan.params + plan.opt_state + plan.gradients
+                                                 + plan.activations + plan.batch)
+  assert plan.fits() == (plan.total <= plan.device_bytes)
   unsharded = sharding.param_shardings(_mesh('data:8', 8), models.abstract_params(
       models.get_model_spec('gemma3-4b'), jnp.bfloat16))
   assert sharding.bytes_per_device(models.abstract_params(models.get_model_spec('gemma3-4b'),
                                                           jnp.bfloat16), unsharded) == 2 * 3_880_099_328
-  assert 'mlp/gating_einsum (2, 2048, 640) → (None, None, \'fsdp\')' in '\n'.join(lines)
 
 
 def test_memory_plan_of_a_lora_run_counts_its_quantized_base():
@@ -316,6 +313,8 @@ def test_memory_plan_of_a_lora_run_counts_its_quantized_base():
   assert any('frozen base of 268,098,176 parameters (bfloat16, quantization int8' in line
              for line in lines)
   flat = traverse_util.flatten_dict(run.base_layout.abstract_base, sep='/')
+  # Gemma 3 stores its gating einsum transposed: its model dimension, the last, is split.
+  assert tuple(flat['layer_0/mlp/gating_einsum'].sharding.spec) == (None, None, 'fsdp')
   projections = sum(x.size for k, x in flat.items() if lora.einsum_name(k))
   others = sum(x.size for k, x in flat.items() if not lora.einsum_name(k))
   assert projections + others == 268_098_176
@@ -479,7 +478,7 @@ def mtnt_splits(mtnt_valid_tsv, tmp_path_factory) -> str:
   lines = mtnt_valid_tsv.read_text(encoding='utf-8').splitlines(keepends=True)
   directory = tmp_path_factory.mktemp('mtnt')
   (directory / 'train.tsv').write_text(''.join(lines[200:280]), encoding='utf-8')
-  (directory / 'valid.tsv').write_text(''.join(lines[100:124]), encoding='utf-8')
+  (directory / 'valid.tsv').write_text(''.join(lines[100:108]), encoding='utf-8')  # 1 batch
   return f'tsv:{directory}/{{split}}.tsv'
 
 
@@ -511,10 +510,10 @@ def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
 
 def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_path):
   """The README's fine-tune of the real model, shortened: the CLI from the GGUF file lowers the
-  evaluation loss; the trained weights, restored, give the run's evaluation loss; both export
-  formats read back. (The other sources load the same weights bit for bit,
-  ``test_orbax_kaggle_and_hf_sources_load_back_bit_equal``; exact resume is the same code for
-  every model, the demo model's kill tests show it.)"""
+  evaluation loss; the trained weights, restored, give the run's evaluation loss; transformers
+  reads the Hugging Face export as the trained model. (The other sources load the same weights
+  bit for bit, ``test_orbax_kaggle_and_hf_sources_load_back_bit_equal``; exact resume is the
+  same code for every model, the demo model's kill tests show it.)"""
   from gemma_mt.export import export_params
   from gemma_mt.train import checkpoint
 
@@ -545,10 +544,8 @@ def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_pat
   assert (cli / 'tokenizer.model').read_bytes() == pathlib.Path(
       resolved.tokenizer_path).read_bytes()
 
-  # Exports: the gemma library's layout reads back equal; transformers reads the HF one.
-  gemma_export = tmp_path / 'export-gemma'
-  export_params(str(cli), str(gemma_export))
-  _assert_bit_equal(gm.ckpts.load_params(gemma_export / 'params'), trained_params)
+  # The Hugging Face export: transformers reads the trained model. (The gemma library's layout
+  # is the same for every model: test_checkpoint's export test reads it with gemma.)
   hf_export = tmp_path / 'export-hf'
   export_params(str(cli), str(hf_export), export_format='hf')
   assert json.loads((hf_export / 'config.json').read_text())['model_type'] == 'gemma3_text'
