@@ -1,0 +1,104 @@
+"""Benchmark: where the test suite's CPU goes, per module and per test.
+
+    .venv/bin/python bench/suite_cpu.py [--top=25] [pytest arguments, default: tests]
+
+The suite is bound by CPU on the 2-core machines (see BUILD.md), so its wall time says little
+about which test to shorten: a test's wall time grows with whatever runs beside it. This runs
+pytest (with the project's own options: three xdist workers) and loads this file into every
+worker as a plugin that records, around each test's setup, call and teardown, the CPU time of
+the test process (``os.times()`` user + system) and of the child processes it waited for (CLI
+runs, multi-process jobs, the transformers reference). A session fixture's cost goes to the
+first test that uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+OUT_ENV = 'GEMMA_MT_SUITE_CPU_DIR'
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+  """The plugin (loaded into every worker by ``pytest -p suite_cpu``): one JSON line per test
+  into the folder named by $GEMMA_MT_SUITE_CPU_DIR."""
+  del nextitem
+  start, started = os.times(), time.monotonic()
+  yield
+  end = os.times()
+  worker = os.environ.get('PYTEST_XDIST_WORKER', 'main')
+  record = dict(test=item.nodeid.split('@')[0],  # without the xdist_group suffix
+                own=end.user + end.system - start.user - start.system,
+                children=(end.children_user + end.children_system - start.children_user
+                          - start.children_system),
+                wall=time.monotonic() - started)
+  with open(pathlib.Path(os.environ[OUT_ENV]) / f'{worker}.jsonl', 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def _table(records: list[dict], top: int, wall: float, cpu: float) -> str:
+  modules: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+  for r in records:
+    row = modules[r['test'].split('::')[0]]
+    row[0] += 1
+    row[1] += r['own']
+    row[2] += r['children']
+    row[3] += r['wall']
+  total = sum(r['own'] + r['children'] for r in records)
+  lines = [f'{len(records)} tests in {wall:.0f} s of wall time; CPU of pytest and its '
+           f'workers (user + system): {cpu:.0f} s; of the tests (own + children): {total:.0f} s',
+           '', '| module | tests | CPU own (s) | CPU children (s) | CPU share | wall, summed (s) |',
+           '|---|---|---|---|---|---|']
+  for name, (count, own, children, summed) in sorted(
+      modules.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
+    lines.append(f'| {name} | {count} | {max(own, 0):.1f} | {max(children, 0):.1f} | '
+                 f'{(own + children) / max(total, 1e-9):.1%} | {summed:.1f} |')
+  lines += ['', f'| the {top} tests with the most CPU | CPU own (s) | CPU children (s) | '
+                f'wall (s) |', '|---|---|---|---|']
+  for r in sorted(records, key=lambda r: -(r['own'] + r['children']))[:top]:
+    lines.append(f"| {r['test']} | {max(r['own'], 0):.1f} | {max(r['children'], 0):.1f} | "
+                 f"{r['wall']:.1f} |")
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--top', type=int, default=25, help='tests listed one by one')
+  parser.add_argument('--quick', action='store_true',
+                      help='two small modules instead of the whole suite: seconds')
+  args, pytest_args = parser.parse_known_args()
+  if args.quick and not pytest_args:
+    pytest_args = ['tests/test_config.py', 'tests/test_records.py']
+  with tempfile.TemporaryDirectory(prefix='suite-cpu-') as out:
+    env = dict(os.environ)
+    env[OUT_ENV] = out
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO / 'bench'), str(REPO), *filter(None, [env.get('PYTHONPATH')])])
+    start, started = os.times(), time.monotonic()
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'suite_cpu',
+                           *(pytest_args or ['tests'])], cwd=REPO, env=env, check=False)
+    end, wall = os.times(), time.monotonic() - started
+    records = [json.loads(line) for path in sorted(pathlib.Path(out).glob('*.jsonl'))
+               for line in path.read_text(encoding='utf-8').splitlines()]
+  if not records:
+    print(f'error: pytest ran no test (exit status {done.returncode})', file=sys.stderr)
+    sys.exit(2)
+  cpu = end.children_user + end.children_system - start.children_user - start.children_system
+  print(_table(records, args.top, wall, cpu))
+  if done.returncode:
+    print(f'(pytest exit status {done.returncode}: some tests failed)')
+
+
+if __name__ == '__main__':
+  main()
