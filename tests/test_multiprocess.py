@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from conftest import REPO, readme_bash_block, subprocess_env
+from test_checkpoint import _complete_steps
 
 # The demo's flagfile first, as README's launch command uses it; then flags that override it
 # (absl: the last value wins), with a constant rate so that a run stopped by a smaller
@@ -118,12 +119,6 @@ def _process_1(proc: subprocess.Popen) -> psutil.Process:
               if '--process_id=1' in ' '.join(c.cmdline()))
 
 
-def _saved_steps(workdir) -> list[int]:
-  """Steps of the complete checkpoints (a save in progress has a temporary name)."""
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
-                if p.name.isdigit())
-
-
 def _resumed_step(stderr: str) -> list[int]:
   return [int(l.rsplit('at step ', 1)[1]) for l in stderr.splitlines() if 'resumed from' in l]
 
@@ -156,7 +151,7 @@ def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, step + 4, proc)
   deadline = time.monotonic() + 120
-  while _saved_steps(tmp_path)[-1] == step:  # saves every 3 steps: one is being written
+  while max(_complete_steps(tmp_path)) == step:  # saves every 3 steps: one is being written
     assert proc.poll() is None and time.monotonic() < deadline, 'no save after the resume'
     time.sleep(0.05)
   _process_1(proc).send_signal(signal.SIGKILL)
@@ -166,7 +161,7 @@ def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   assert proc.returncode != 0
   assert _resumed_step(stderr) == [step, step], stderr[-3000:]  # both processes
   assert 'error: process 1 of 2 exited with status -9' in stderr
-  last = _saved_steps(tmp_path)[-1]
+  last = max(_complete_steps(tmp_path))
 
   done = _single(tmp_path, last + 3, *lora)
   assert done.returncode == 0, done.stderr[-3000:]
