@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import REPO, readme_bash_block, subprocess_env
-from test_checkpoint import _complete_steps
+from test_checkpoint import _complete_steps, _reported_step, _wait_for
 
 # The demo's flagfile first, as README's launch command uses it; then flags that override it
 # (absl: the last value wins), with a constant rate so that a run stopped by a smaller
@@ -48,13 +48,6 @@ def _launch(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
 def _losses(workdir) -> list[float]:
   lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
   return [m['train_loss'] for m in map(json.loads, lines) if 'train_loss' in m]
-
-
-def _reported_step(workdir) -> int:
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    return 0
-  return max((json.loads(l)['step'] for l in path.read_text().splitlines()), default=0)
 
 
 @pytest.fixture(scope='module')
@@ -106,12 +99,8 @@ def test_checkpoints_move_between_two_processes_and_one(one_process_reference, t
   assert translations.count('  en: ') == 4 and 'on 16 pairs' in translations
 
 
-def _wait_for_step(workdir, step, proc, timeout=240):
-  deadline = time.monotonic() + timeout
-  while _reported_step(workdir) < step:
-    assert proc.poll() is None, 'the job ended early'
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
+def _wait_for_step(workdir, step, proc) -> None:
+  assert _wait_for(lambda: _reported_step(workdir) >= step, proc), 'the job ended early'
 
 
 def _process_1(proc: subprocess.Popen) -> psutil.Process:
@@ -150,10 +139,9 @@ def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, step + 4, proc)
-  deadline = time.monotonic() + 120
-  while max(_complete_steps(tmp_path)) == step:  # saves every 3 steps: one is being written
-    assert proc.poll() is None and time.monotonic() < deadline, 'no save after the resume'
-    time.sleep(0.05)
+  # It saves every 3 steps: one is done or being written.
+  assert _wait_for(lambda: max(_complete_steps(tmp_path)) > step, proc, timeout=120), \
+      'the job ended before a save after the resume'
   _process_1(proc).send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
   _, stderr = proc.communicate(timeout=120)
