@@ -1,7 +1,9 @@
-"""Where a run reports: ``metrics.jsonl``, TensorBoard (through clu) and a progress bar.
+"""Where a run reports: ``metrics.jsonl``, TensorBoard event files and a progress bar.
 
-Only process 0 writes. TensorBoard events go through clu's asynchronous writer, so a slow file
-system never holds up a step.
+Only process 0 writes. TensorBoard events are built as protocol buffers by tensorboard's own
+summary functions and written by its asynchronous event-file writer: no TensorFlow op runs in
+the training process (TensorFlow's eager summary ops cost seconds of CPU per run), and a slow
+file system never holds up a step.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import sys
 import time
 from collections.abc import Mapping
 
-from clu import metric_writers
 from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.summary.writer.record_writer import RecordWriter
 import tqdm
 
@@ -30,12 +35,12 @@ class MetricsSink:
   def __init__(self, workdir: str, *, enabled: bool, start_step: int = 0):
     self._enabled = enabled
     self._jsonl = None
-    self._writer = None
+    self._events = None
     if enabled:
       logdir = os.path.join(workdir, 'tensorboard')
       write_start_marker(logdir, start_step + 1)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-      self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+      self._events = EventFileWriter(logdir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Floats are written at full precision (``json`` keeps every digit of a float64)."""
@@ -44,17 +49,23 @@ class MetricsSink:
     values = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
-    self._writer.write_scalars(int(step), values)
+    self._write_event(step, [scalar_summary.scalar_pb(k, v) for k, v in values.items()])
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     """Markdown texts (e.g. sample translations) on TensorBoard's Text tab."""
     if self._enabled:
-      self._writer.write_texts(int(step), dict(texts))
+      self._write_event(step, [text_summary.text_pb(k, v) for k, v in texts.items()])
+
+  def _write_event(self, step: int, summaries: list[summary_pb2.Summary]) -> None:
+    event = event_pb2.Event(wall_time=time.time(), step=int(step))
+    for summary in summaries:
+      event.summary.value.extend(summary.value)
+    self._events.add_event(event)
 
   def close(self) -> None:
     if self._enabled:
       self._jsonl.close()
-      self._writer.close()  # waits for the queued writes
+      self._events.close()  # writes the queued events and flushes
 
 
 def write_start_marker(logdir: str, step: int) -> str:
