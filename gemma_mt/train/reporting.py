@@ -2,8 +2,8 @@
 
 Only process 0 writes. TensorBoard events are built as protocol buffers by tensorboard's own
 summary functions and written by its asynchronous event-file writer: no TensorFlow op runs in
-the training process (TensorFlow's eager summary ops cost seconds of CPU per run), and a slow
-file system never holds up a step.
+the training process (TensorFlow's eager summary ops cost CPU at every report), and a slow file
+system never holds up a step.
 """
 
 from __future__ import annotations
