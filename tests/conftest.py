@@ -14,14 +14,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # compiles dozens of times otherwise); executables are identical, so results are too.
 COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
 
-# XLA's backend optimization level 1 instead of 3, here and in every subprocess (they inherit
-# the environment; XLA reads it when the backend starts, after this): LLVM's level-3 passes
-# cost more CPU to compile the tests' many small programs than they save running them
-# (BENCHMARKS.md, "The test suite's CPU"). Users' runs keep XLA's default. A level already in
-# XLA_FLAGS is kept: that is how the benchmark measures level 3.
-if '--xla_backend_optimization_level=' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = ' '.join(
-      [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=1']).strip()
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 # Every compilation, not only those over a second: the tiny model's are many and short.
