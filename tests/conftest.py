@@ -73,6 +73,16 @@ def subprocess_env() -> dict[str, str]:
   return env
 
 
+def tensorboard_events(workdir):
+  """The run's TensorBoard events as TensorBoard reads them (every point kept; restart markers
+  applied): ``.Tensors(tag)`` lists the points of one tag."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+  events = accumulator.EventAccumulator(str(pathlib.Path(workdir) / 'tensorboard'),
+                                        size_guidance={accumulator.TENSORS: 0})
+  events.Reload()
+  return events
+
+
 def readme_blocks(language: str) -> list[str]:
   """The ```language fenced blocks of README.md."""
   return re.findall(rf'```{language}\n(.*?)```', (REPO / 'README.md').read_text(), flags=re.DOTALL)

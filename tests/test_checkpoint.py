@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, subprocess_env, tensorboard_events
 from gemma_mt.train import checkpoint, loop
 from gemma_mt.train.config import TrainConfig
 
@@ -197,11 +197,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
   assert list((tmp_path / 'checkpoints').glob('8.unreadable-*'))  # kept aside, not deleted
   assert [s for s, _ in _train_losses(tmp_path)] == list(range(1, 11))
   # TensorBoard shows steps 5-8 once: the redone steps hide the first run's points.
-  from tensorboard.backend.event_processing import plugin_event_accumulator as event_accumulator
-  events = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'),
-                                              size_guidance={event_accumulator.TENSORS: 0})
-  events.Reload()
-  steps = [e.step for e in events.Tensors('train_loss')]
+  steps = [e.step for e in tensorboard_events(tmp_path).Tensors('train_loss')]
   assert sorted(steps) == list(range(1, 11)), steps
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, subprocess_env, tensorboard_events
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -26,10 +26,7 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   # Each evaluation lower than the one before; at the end far below a uniform guess (ln 1024).
   assert all(b < a for a, b in zip(evals, evals[1:])) and evals[-1] < 0.7 * evals[0] < 3.5, evals
   assert all(isinstance(m['step'], int) for m in metrics)
-  from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
-  events = accumulator.EventAccumulator(str(workdir / 'tensorboard'),
-                                        size_guidance={accumulator.TENSORS: 0})
-  events.Reload()
+  events = tensorboard_events(workdir)
   assert [e.step for e in events.Tensors('eval_loss')] == [20, 40, 60, 80]
   texts = events.Tensors('translations')  # the sample translations, as TensorBoard text
   assert len(texts) == 1 and texts[0].tensor_proto.string_val[0].decode().count('en: ') == 3
