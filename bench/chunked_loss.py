@@ -21,9 +21,11 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
+
+tensorflow_startup.set_environment()  # before anything imports TensorFlow
 
 
 def compiled_step(spec, batch: int, seq_len: int, loss_chunk: int):

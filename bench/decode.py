@@ -15,14 +15,15 @@ outputs' tokens plus their end token.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
+
+tensorflow_startup.set_environment()  # before anything imports TensorFlow
 MTNT_VALID = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 PREFIX, SUFFIX = 'English: ', '\nFrench:'
 

@@ -28,9 +28,11 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
+
+tensorflow_startup.set_environment()  # before anything imports TensorFlow
 
 
 def _files(paths: list[pathlib.Path]) -> list[pathlib.Path]:

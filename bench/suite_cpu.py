@@ -8,7 +8,9 @@ pytest (with the project's own options: three xdist workers) and loads this file
 worker as a plugin that records, around each test's setup, call and teardown, the CPU time of
 the test process (``os.times()`` user + system) and of the child processes it waited for (CLI
 runs, multi-process jobs, the transformers reference). A session fixture's cost goes to the
-first test that uses it.
+first test that uses it. Then the programs XLA compiled in the run, counted by name from the new
+entries of the tests' persistent compilation cache (start from an empty one, ``rm -rf
+.pytest_cache``, to count all a fresh machine compiles).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OUT_ENV = 'GEMMA_MT_SUITE_CPU_DIR'
+# tests/conftest.py's persistent compilation cache: one new entry per program compiled in the run.
+COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -72,6 +76,21 @@ def _table(records: list[dict], top: int, wall: float, cpu: float) -> str:
   return '\n'.join(lines)
 
 
+def _cache_entries() -> set[str]:
+  return set(os.listdir(COMPILATION_CACHE)) if COMPILATION_CACHE.is_dir() else set()
+
+
+def _compiled_table(before: set[str], after: set[str], top: int) -> str:
+  """The programs XLA compiled in the run, by name: the cache's new entries (``NAME-HASH-cache``,
+  one per distinct program; the same program in two tests or processes is compiled once)."""
+  names = collections.Counter(entry.rsplit('-', 2)[0] for entry in after - before)
+  lines = [f'{sum(names.values())} programs compiled (new entries of the persistent compilation '
+           f'cache; {len(before)} were there before the run), {len(names)} names', '',
+           f'| the {top} program names compiled most often | programs |', '|---|---|']
+  lines += [f'| {name} | {count} |' for name, count in names.most_common(top)]
+  return '\n'.join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--top', type=int, default=25, help='tests listed one by one')
@@ -85,6 +104,7 @@ def main() -> None:
     env[OUT_ENV] = out
     env['PYTHONPATH'] = os.pathsep.join(
         [str(REPO / 'bench'), str(REPO), *filter(None, [env.get('PYTHONPATH')])])
+    cached = _cache_entries()
     start, started = os.times(), time.monotonic()
     done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'suite_cpu',
                            *(pytest_args or ['tests'])], cwd=REPO, env=env, check=False)
@@ -96,6 +116,8 @@ def main() -> None:
     sys.exit(2)
   cpu = end.children_user + end.children_system - start.children_user - start.children_system
   print(_table(records, args.top, wall, cpu))
+  print()
+  print(_compiled_table(cached, _cache_entries(), min(args.top, 15)))
   if done.returncode:
     print(f'(pytest exit status {done.returncode}: some tests failed)')
 

@@ -14,14 +14,13 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app
+from absl import flags
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from gemma_mt import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gemma_mt import translate  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gemma_mt.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gemma_mt import errors
+from gemma_mt import tensorflow_startup
+from gemma_mt import translate
+from gemma_mt.data import sources
 
 
 def default_output(workdir: str, split: str, step: int | None) -> str:
@@ -77,6 +76,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
   translate.define_model_flags()
   flags.DEFINE_string('dataset', 'demo', 'As --dataset of gemma_mt.train.')
   flags.DEFINE_string('split', 'valid', 'The split to translate and score.')

@@ -29,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from gemma_mt import errors
+from gemma_mt import tensorflow_startup
 
 FORMATS = ('gemma', 'hf')
 RUN_CONFIG_FILE = 'gemma_mt_config.json'
@@ -154,7 +155,7 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
   define_flags()

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from gemma_mt import errors
+from gemma_mt import tensorflow_startup
 from gemma_mt.data import records
 from gemma_mt.data import sources
 from gemma_mt.data import stats
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+  tensorflow_startup.set_environment()  # a TFDS dataset imports TensorFlow
   define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
 

@@ -14,14 +14,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-# Before anything can import TensorFlow: keep its C++ start-up chatter out of the terminal.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app
+from absl import flags
 
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from gemma_mt import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gemma_mt.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gemma_mt import errors
+from gemma_mt import tensorflow_startup
+from gemma_mt.data import records
 
 if TYPE_CHECKING:  # the heavy modules load only once the flags are known to be good
   from gemma_mt import decoding, inference  # pylint: disable=g-import-not-at-top
@@ -114,6 +112,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
   define_model_flags()
   flags.DEFINE_string('input', '-', 'English text, one sentence per line (-: standard input).')
   flags.DEFINE_string('output', '-', 'Where the French lines go (-: standard output).')

@@ -38,7 +38,9 @@ def _start(workdir) -> subprocess.Popen:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, proc, timeout=240.0, poll=0.002):
+def _wait_for(predicate, proc, timeout=240.0, poll=0.02):
+  # Each poll reads the run's files: a short poll costs the test process CPU the whole wait long.
+  # The moments that pass in milliseconds (an asynchronous save) poll faster.
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if predicate():
@@ -119,9 +121,9 @@ def test_sigterm_and_sigkill_at_any_moment_then_same_command_ends_bit_identical(
     elif moment == 'during_an_async_save':
       # A new save caught while its temporary directory exists.
       reached = _wait_for(lambda: any(int(p.name.split('.')[0]) not in before
-                                      for p in _tmp_dirs(workdir)), proc)
+                                      for p in _tmp_dirs(workdir)), proc, poll=0.002)
     else:
-      reached = _wait_for(lambda: bool(_complete_steps(workdir) - before), proc)
+      reached = _wait_for(lambda: bool(_complete_steps(workdir) - before), proc, poll=0.002)
     proc.kill()
     _, stderr = proc.communicate()
     assert reached, f'the run ended before the kill moment {moment}'

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from gemma_mt import tensorflow_startup
+
+# Before anything can import TensorFlow.
+tensorflow_startup.set_environment()
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from gemma_mt.models import registry
 

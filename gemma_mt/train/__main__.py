@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-# Before anything can import TensorFlow: keep its C++ start-up chatter out of the terminal.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from gemma_mt import tensorflow_startup
+
+# Before anything can import TensorFlow.
+tensorflow_startup.set_environment()
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging as absl_logging
