@@ -8,7 +8,8 @@ pytest (with the project's own options: three xdist workers) and loads this file
 worker as a plugin that records, around each test's setup, call and teardown, the CPU time of
 the test process (``os.times()`` user + system) and of the child processes it waited for (CLI
 runs, multi-process jobs, the transformers reference). A session fixture's cost goes to the
-first test that uses it. Then the programs XLA compiled in the run, counted by name from the new
+first test that uses it. Then JAX's tracing, lowering and XLA compilation in the test processes
+(JAX's monitoring events), and the programs XLA compiled in the run, counted by name from the new
 entries of the tests' persistent compilation cache (start from an empty one, ``rm -rf
 .pytest_cache``, to count all a fresh machine compiles).
 """
@@ -33,20 +34,58 @@ OUT_ENV = 'GEMMA_MT_SUITE_CPU_DIR'
 COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
 
 
+# JAX's monitoring events, summed per test process: seconds tracing to jaxprs, lowering to
+# StableHLO and in the backend (an XLA compilation, or a read of the persistent cache: the hits
+# and their read time are counted apart).
+_JAX_DURATIONS = {'/jax/core/compile/jaxpr_trace_duration': 'trace_s',
+                  '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower_s',
+                  '/jax/core/compile/backend_compile_duration': 'backend_s',
+                  '/jax/compilation_cache/cache_retrieval_time_sec': 'cache_read_s'}
+_JAX_EVENTS = {'/jax/compilation_cache/cache_hits': 'cache_hits'}
+_JAX_TOTALS = pytest.StashKey[collections.Counter]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """In each test process: JAX monitoring listeners that sum the events above."""
+  if OUT_ENV not in os.environ:
+    return
+  from jax import monitoring  # pylint: disable=import-outside-toplevel
+
+  totals: collections.Counter = collections.Counter()
+  config.stash[_JAX_TOTALS] = totals
+
+  def on_duration(event: str, duration_secs: float, **_) -> None:
+    if event in _JAX_DURATIONS:
+      totals[_JAX_DURATIONS[event]] += duration_secs
+      if event == '/jax/core/compile/backend_compile_duration':
+        totals['backend_calls'] += 1
+
+  def on_event(event: str, **_) -> None:
+    if event in _JAX_EVENTS:
+      totals[_JAX_EVENTS[event]] += 1
+
+  monitoring.register_event_duration_secs_listener(on_duration)
+  monitoring.register_event_listener(on_event)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
   """The plugin (loaded into every worker by ``pytest -p suite_cpu``): one JSON line per test
   into the folder named by $GEMMA_MT_SUITE_CPU_DIR."""
   del nextitem
+  totals = item.config.stash.get(_JAX_TOTALS, collections.Counter())
+  before = collections.Counter(totals)
   start, started = os.times(), time.monotonic()
   yield
   end = os.times()
   worker = os.environ.get('PYTEST_XDIST_WORKER', 'main')
+  jax_delta = {key: totals[key] - before[key] for key in (
+      *_JAX_DURATIONS.values(), *_JAX_EVENTS.values(), 'backend_calls')}
   record = dict(test=item.nodeid.split('@')[0],  # without the xdist_group suffix
                 own=end.user + end.system - start.user - start.system,
                 children=(end.children_user + end.children_system - start.children_user
                           - start.children_system),
-                wall=time.monotonic() - started)
+                wall=time.monotonic() - started, **jax_delta)
   with open(pathlib.Path(os.environ[OUT_ENV]) / f'{worker}.jsonl', 'a', encoding='utf-8') as f:
     f.write(json.dumps(record) + '\n')
 
@@ -73,6 +112,35 @@ def _table(records: list[dict], top: int, wall: float, cpu: float) -> str:
   for r in sorted(records, key=lambda r: -(r['own'] + r['children']))[:top]:
     lines.append(f"| {r['test']} | {max(r['own'], 0):.1f} | {max(r['children'], 0):.1f} | "
                  f"{r['wall']:.1f} |")
+  return '\n'.join(lines)
+
+
+def _jax_table(records: list[dict], top: int) -> str:
+  """JAX's own time in the test processes (not in the processes they start), by module and for
+  the tests that compile the most."""
+  def compiled(r: dict) -> float:  # the backend's time less its persistent-cache reads
+    return r.get('backend_s', 0.0) - r.get('cache_read_s', 0.0)
+
+  modules: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for r in records:
+    row = modules[r['test'].split('::')[0]]
+    row['compiled_s'] += compiled(r)
+    row['compiles'] += r.get('backend_calls', 0) - r.get('cache_hits', 0)
+    for key in ('cache_hits', 'trace_s', 'lower_s'):
+      row[key] += r.get(key, 0)
+  header = ('XLA compilations | XLA compiling (s) | persistent-cache hits | tracing (s) | '
+            'lowering (s) |')
+  lines = ['JAX in the test processes (wall seconds of its monitoring events; the processes the '
+           'tests start are not counted)', '', f'| module | {header}',
+           '|---|---|---|---|---|---|']
+  for name, row in sorted(modules.items(), key=lambda kv: -kv[1]['compiled_s']):
+    lines.append(f"| {name} | {row['compiles']} | {row['compiled_s']:.1f} | {row['cache_hits']} | "
+                 f"{row['trace_s']:.1f} | {row['lower_s']:.1f} |")
+  lines += ['', f'| the {top} tests that compile the longest | {header}', '|---|---|---|---|---|---|']
+  for r in sorted(records, key=lambda r: -compiled(r))[:top]:
+    lines.append(f"| {r['test']} | {r.get('backend_calls', 0) - r.get('cache_hits', 0)} | "
+                 f"{compiled(r):.1f} | {r.get('cache_hits', 0)} | {r.get('trace_s', 0.0):.1f} | "
+                 f"{r.get('lower_s', 0.0):.1f} |")
   return '\n'.join(lines)
 
 
@@ -116,6 +184,8 @@ def main() -> None:
     sys.exit(2)
   cpu = end.children_user + end.children_system - start.children_user - start.children_system
   print(_table(records, args.top, wall, cpu))
+  print()
+  print(_jax_table(records, min(args.top, 15)))
   print()
   print(_compiled_table(cached, _cache_entries(), min(args.top, 15)))
   if done.returncode:
