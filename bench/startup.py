@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/startup.py [--quick] [--repeats=5]
 
-Each row imports the training modules (``gemma_mt.train.loop``: jax, gemma and, through gemma,
-TensorFlow) in a fresh Python process, as every ``python -m gemma_mt.train`` does, and reports
-the median user + system CPU and wall time over ``--repeats`` runs. The rows alternate run by run
-so that both see the same machine. "keras loaded" is TensorFlow's default; "keras skipped" is
-what the commands set (``gemma_mt.tensorflow_startup``). Their ratio is the row's CPU over the
-default's.
+Each row imports modules in a fresh Python process and reports the median user + system CPU and
+wall time over ``--repeats`` runs; the rows alternate run by run so that all see the same
+machine. ``gemma_mt.train.loop`` is what every ``python -m gemma_mt.train`` imports (jax, gemma
+and, through gemma, TensorFlow). Its last row shows what TensorFlow's eager import of Keras (and
+of scikit-learn under it) costs: ``TF_USE_LEGACY_KERAS=1`` without ``tf_keras`` installed skips
+it, but leaves ``tf.keras`` broken, which gemma's checkpoint modules need (through TensorBoard's
+hparams plugin), so gemma_mt does not set it. The ratio is each row's CPU over the first row's.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ import subprocess
 import sys
 import time
 
-CODE = ('import sys, gemma_mt.train.loop\n'
-        'print(",".join(m for m in ("keras", "sklearn") if m in sys.modules) or "-")')
-ROWS = {
-    'keras loaded (TensorFlow default)': {'TF_USE_LEGACY_KERAS': None},
-    'keras skipped (gemma_mt commands)': {'TF_USE_LEGACY_KERAS': '1'},
+REPORT = 'print(",".join(m for m in ("keras", "sklearn") if m in sys.modules) or "-")'
+ROWS = {  # name: (code, environment overrides)
+    'import gemma_mt.train.loop': ('import sys, gemma_mt.train.loop',
+                                   {'TF_USE_LEGACY_KERAS': None}),
+    'import tensorflow': ('import sys, tensorflow', {'TF_USE_LEGACY_KERAS': None}),
+    'import jax': ('import sys, jax', {'TF_USE_LEGACY_KERAS': None}),
+    'import gemma_mt.train.loop, Keras skipped (not usable)': (
+        'import sys, gemma_mt.train.loop', {'TF_USE_LEGACY_KERAS': '1'}),
 }
 
+# Why the last row is not an option: gemma's checkpoint modules, once Keras is skipped.
+CKPTS = 'from gemma import gm\ngm.ckpts.save_params'
 
-def _run(overrides: dict[str, str | None]) -> tuple[float, float, str]:
-  """(CPU seconds, wall seconds, loaded modules) of one fresh process importing CODE."""
+
+def _run(code: str, overrides: dict[str, str | None]) -> tuple[float, float, str]:
+  """(CPU seconds, wall seconds, Keras and scikit-learn if loaded) of one fresh process."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   for key, value in overrides.items():
     if value is None:
@@ -36,8 +43,8 @@ def _run(overrides: dict[str, str | None]) -> tuple[float, float, str]:
     else:
       env[key] = value
   before, started = os.times(), time.monotonic()
-  done = subprocess.run([sys.executable, '-c', CODE], env=env, capture_output=True, text=True,
-                        check=True)
+  done = subprocess.run([sys.executable, '-c', f'{code}\n{REPORT}'], env=env,
+                        capture_output=True, text=True, check=True)
   wall, after = time.monotonic() - started, os.times()
   cpu = (after.children_user + after.children_system
          - before.children_user - before.children_system)
@@ -54,11 +61,11 @@ def main() -> None:
   repeats = 1 if args.quick else args.repeats
   results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in ROWS}
   for _ in range(repeats):
-    for name, overrides in ROWS.items():
-      results[name].append(_run(overrides))
-  print(f'`import gemma_mt.train.loop` in a fresh process, median of {repeats} run(s) per row')
+    for name, (code, overrides) in ROWS.items():
+      results[name].append(_run(code, overrides))
+  print(f'Imports in a fresh process, median of {repeats} run(s) per row')
   print()
-  print('| start-up | CPU (s) | wall (s) | CPU over the default | also imported |')
+  print('| start-up | CPU (s) | wall (s) | CPU over the first row | Keras, scikit-learn |')
   print('|---|---|---|---|---|')
   baseline = None
   for name, runs in results.items():
@@ -66,6 +73,11 @@ def main() -> None:
     wall = statistics.median(r[1] for r in runs)
     baseline = baseline or cpu
     print(f'| {name} | {cpu:.2f} | {wall:.2f} | {cpu / baseline:.2f} | {runs[-1][2]} |')
+  done = subprocess.run([sys.executable, '-c', CKPTS], capture_output=True, text=True,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_USE_LEGACY_KERAS='1'))
+  errors = [l for l in done.stderr.splitlines() if l.startswith(('ImportError', 'ModuleNotFound'))]
+  print()
+  print(f'With Keras skipped, gemma.gm.ckpts: {errors[-1] if errors else "imports"}')
 
 
 if __name__ == '__main__':

@@ -7,20 +7,16 @@ set, not a library's.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 
 def set_environment() -> None:
-  """Quiet, lean TensorFlow start-up for this process and the processes it starts.
+  """Keeps TensorFlow's C++ start-up chatter out of the terminal (``TF_CPP_MIN_LOG_LEVEL=2``), for
+  this process and those it starts; a value the user set is kept.
 
-  ``TF_CPP_MIN_LOG_LEVEL=2`` keeps TensorFlow's C++ start-up chatter out of the terminal.
-  ``TF_USE_LEGACY_KERAS=1`` where ``tf_keras`` is not installed: TensorFlow otherwise imports all
-  of Keras at start-up (and scikit-learn through Keras' wrappers), 29% of a training process's
-  start-up CPU (``bench/startup.py``); pointed at the absent ``tf_keras`` it loads neither (that
-  import fails quietly). Nothing gemma_mt runs uses ``tf.keras``; the tests run this way too.
-  A value the user set is kept.
+  TensorFlow also imports all of Keras at start-up (with scikit-learn, for Keras' wrappers), a
+  third of a training process's start-up CPU (``bench/startup.py``). It is left to do so: the
+  only switch, ``TF_USE_LEGACY_KERAS=1`` without ``tf_keras`` installed, breaks ``tf.keras``,
+  which TensorBoard's hparams plugin touches on import (gemma's ``gm.ckpts`` → kauldron → clu).
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  if importlib.util.find_spec('tf_keras') is None:
-    os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')

@@ -6,13 +6,8 @@ import os
 import pathlib
 import re
 
-from gemma_mt import tensorflow_startup
-
-# As the commands do (this process and the ones the tests start): no Keras at TensorFlow's import.
-tensorflow_startup.set_environment()
-
-import jax  # pylint: disable=wrong-import-position
-import pytest  # pylint: disable=wrong-import-position
+import jax
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Compiled steps are shared between tests and the processes they start (the same tiny model
@@ -72,6 +67,7 @@ def subprocess_env() -> dict[str, str]:
   """The environment for running the CLIs as a user would, with the repo importable."""
   env = dict(os.environ)
   env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env

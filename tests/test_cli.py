@@ -77,10 +77,7 @@ def test_workdir_that_is_a_file(tmp_path):
   assert path.read_text() == 'precious'
 
 
-def test_helpfull_imports_neither_jax_nor_tensorflow_and_tensorflow_comes_without_keras():
-  """--helpfull is quick; then, in the same process, the training modules import TensorFlow (gemma
-  does) without Keras or scikit-learn: the command's entry point told TensorFlow not to load them
-  (gemma_mt.tensorflow_startup), starting from a user's environment without those settings."""
+def test_helpfull_imports_neither_jax_nor_tensorflow():
   code = (
       'import runpy, sys\n'
       'sys.argv = ["gemma_mt.train", "--helpfull"]\n'
@@ -89,14 +86,8 @@ def test_helpfull_imports_neither_jax_nor_tensorflow_and_tensorflow_comes_withou
       'except SystemExit:\n'
       '  pass\n'
       'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain") if m in sys.modules))\n'
-      'import gemma_mt.train.loop\n'
-      'print("LOADED", sorted(m for m in ("tensorflow", "keras", "sklearn") if m in sys.modules))\n'
   )
-  env = subprocess_env()
-  for name in ('TF_USE_LEGACY_KERAS', 'TF_CPP_MIN_LOG_LEVEL'):
-    env.pop(name, None)
-  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=60)
   assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
   assert 'HEAVY []' in done.stdout
-  assert "LOADED ['tensorflow']" in done.stdout, done.stdout[-500:] + done.stderr[-2000:]
