@@ -136,7 +136,8 @@ def _jax_table(records: list[dict], top: int) -> str:
   for name, row in sorted(modules.items(), key=lambda kv: -kv[1]['compiled_s']):
     lines.append(f"| {name} | {row['compiles']} | {row['compiled_s']:.1f} | {row['cache_hits']} | "
                  f"{row['trace_s']:.1f} | {row['lower_s']:.1f} |")
-  lines += ['', f'| the {top} tests that compile the longest | {header}', '|---|---|---|---|---|---|']
+  lines += ['', f'| the {top} tests that compile the longest | {header}',
+            '|---|---|---|---|---|---|']
   for r in sorted(records, key=lambda r: -compiled(r))[:top]:
     lines.append(f"| {r['test']} | {r.get('backend_calls', 0) - r.get('cache_hits', 0)} | "
                  f"{compiled(r):.1f} | {r.get('cache_hits', 0)} | {r.get('trace_s', 0.0):.1f} | "
