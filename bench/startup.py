@@ -21,27 +21,24 @@ import sys
 import time
 
 REPORT = 'print(",".join(m for m in ("keras", "sklearn") if m in sys.modules) or "-")'
-ROWS = {  # name: (code, environment overrides)
-    'import gemma_mt.train.loop': ('import sys, gemma_mt.train.loop',
-                                   {'TF_USE_LEGACY_KERAS': None}),
-    'import tensorflow': ('import sys, tensorflow', {'TF_USE_LEGACY_KERAS': None}),
-    'import jax': ('import sys, jax', {'TF_USE_LEGACY_KERAS': None}),
+ROWS = {  # name: (code, TF_USE_LEGACY_KERAS or None for TensorFlow's default)
+    'import gemma_mt.train.loop': ('import sys, gemma_mt.train.loop', None),
+    'import tensorflow': ('import sys, tensorflow', None),
+    'import jax': ('import sys, jax', None),
     'import gemma_mt.train.loop, Keras skipped (not usable)': (
-        'import sys, gemma_mt.train.loop', {'TF_USE_LEGACY_KERAS': '1'}),
+        'import sys, gemma_mt.train.loop', '1'),
 }
 
 # Why the last row is not an option: gemma's checkpoint modules, once Keras is skipped.
 CKPTS = 'from gemma import gm\ngm.ckpts.save_params'
 
 
-def _run(code: str, overrides: dict[str, str | None]) -> tuple[float, float, str]:
+def _run(code: str, legacy_keras: str | None) -> tuple[float, float, str]:
   """(CPU seconds, wall seconds, Keras and scikit-learn if loaded) of one fresh process."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  for key, value in overrides.items():
-    if value is None:
-      env.pop(key, None)
-    else:
-      env[key] = value
+  env.pop('TF_USE_LEGACY_KERAS', None)
+  if legacy_keras is not None:
+    env['TF_USE_LEGACY_KERAS'] = legacy_keras
   before, started = os.times(), time.monotonic()
   done = subprocess.run([sys.executable, '-c', f'{code}\n{REPORT}'], env=env,
                         capture_output=True, text=True, check=True)
@@ -61,8 +58,8 @@ def main() -> None:
   repeats = 1 if args.quick else args.repeats
   results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in ROWS}
   for _ in range(repeats):
-    for name, (code, overrides) in ROWS.items():
-      results[name].append(_run(code, overrides))
+    for name, (code, legacy_keras) in ROWS.items():
+      results[name].append(_run(code, legacy_keras))
   print(f'Imports in a fresh process, median of {repeats} run(s) per row')
   print()
   print('| start-up | CPU (s) | wall (s) | CPU over the first row | Keras, scikit-learn |')
