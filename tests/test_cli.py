@@ -56,7 +56,6 @@ def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
     ('--batch_size=0', 'error: --batch_size must be positive'),
     ('--max_seq_len=-5', 'error: --max_seq_len must be positive'),
     ('--max_seq_len=8', 'error: no train example of demo fits --max_seq_len=8'),
-    ('--dataset=tsv:/nonexistent/{split}.tsv', 'error: dataset file /nonexistent/train.tsv'),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, flag, message):
   workdir = tmp_path / 'run'
@@ -77,17 +76,44 @@ def test_workdir_that_is_a_file(tmp_path):
   assert path.read_text() == 'precious'
 
 
-def test_helpfull_imports_neither_jax_nor_tensorflow():
+def _train_reporting_imports(*args: str) -> subprocess.CompletedProcess:
+  """``python -m gemma_mt.train ARGS``, then a last stdout line ``HEAVY [...]``: the heavy
+  libraries it imported."""
   code = (
       'import runpy, sys\n'
-      'sys.argv = ["gemma_mt.train", "--helpfull"]\n'
+      f'sys.argv = ["gemma_mt.train", *{list(args)!r}]\n'
       'try:\n'
       '  runpy.run_module("gemma_mt.train", run_name="__main__")\n'
-      'except SystemExit:\n'
-      '  pass\n'
+      'except SystemExit as e:\n'
+      '  status = e.code\n'
       'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain") if m in sys.modules))\n'
+      'sys.exit(status)\n'
   )
-  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
+  return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
                         capture_output=True, text=True, timeout=60)
+
+
+def test_helpfull_imports_neither_jax_nor_tensorflow():
+  done = _train_reporting_imports('--helpfull')
   assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
-  assert 'HEAVY []' in done.stdout
+  assert done.stdout.splitlines()[-1] == 'HEAVY []'
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--workdir=/proc/gemma_mt_run'], 'error: --workdir=/proc/gemma_mt_run is not writable'),
+    (['--workdir=/dev/null/run'], 'error: --workdir=/dev/null/run is not writable (Not a dir'),
+    (['--workdir={tmp}/run', '--dataset=tsv:/nonexistent/{{split}}.tsv'],
+     'error: dataset file /nonexistent/train.tsv does not exist: check --dataset'),
+    (['--workdir={tmp}/run', '--dataset=demo', '--eval_split=test'],
+     "error: --dataset=demo has no split 'test'"),
+])
+def test_paths_are_checked_before_jax_is_imported(tmp_path, flags, message):
+  """An unwritable --workdir or a missing split file stops the CLI before jax, gemma and
+  TensorFlow are imported (a run found the first only after compiling and reading its weights);
+  nothing is created, not even the probe file that shows a directory writable."""
+  done = _train_reporting_imports(*(f.format(tmp=tmp_path) for f in flags))
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines()[-1].startswith(message.format(tmp=tmp_path))
+  assert 'Traceback' not in done.stderr
+  assert done.stdout.splitlines()[-1] == 'HEAVY []'
+  assert list(tmp_path.iterdir()) == []

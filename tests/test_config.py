@@ -54,3 +54,18 @@ def test_changes_from():
   a = TrainConfig(workdir='a')
   b = TrainConfig(workdir='a', learning_rate=1.0)
   assert b.changes_from(a) == {'learning_rate': (a.learning_rate, 1.0)}
+
+
+def test_run_paths_are_checked_and_the_probe_leaves_nothing(tmp_path):
+  TrainConfig(workdir=str(tmp_path / 'a' / 'b')).check_paths()
+  TrainConfig(workdir=str(tmp_path)).check_paths()
+  assert list(tmp_path.iterdir()) == []
+  with pytest.raises(ConfigError, match=r'^--workdir=/dev/null/run is not writable \(Not a dir'):
+    TrainConfig(workdir='/dev/null/run').check_paths()
+  with pytest.raises(ConfigError, match=r'^dataset file /nowhere/valid.tsv does not exist'):
+    TrainConfig(workdir=str(tmp_path), dataset='tsv:/nowhere/{split}.tsv',
+                train_split='valid').check_paths()
+  # The library's run makes the same checks before it compiles or reads anything.
+  from gemma_mt.train import loop
+  with pytest.raises(ConfigError, match='is not writable'):
+    loop.train_and_evaluate(TrainConfig(workdir='/dev/null/run'))

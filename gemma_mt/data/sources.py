@@ -82,10 +82,20 @@ class DatasetSpec:
     return self.path.replace('{split}', split)
 
 
-def _read_lines(path: str) -> tuple[list[str], int]:
-  """The file's lines (universal newlines, like the TFDS builder) and how many were not UTF-8."""
+def check_split_file(spec: DatasetSpec, split: str) -> None:
+  """Raises SourceError if ``split`` has no file (tfds splits are the builder's); reads nothing."""
+  if spec.kind != 'tfds':
+    _require_file(spec.split_path(split))
+
+
+def _require_file(path: str) -> None:
   if not os.path.isfile(path):
     raise SourceError(f'dataset file {path} does not exist: check --dataset')
+
+
+def _read_lines(path: str) -> tuple[list[str], int]:
+  """The file's lines (universal newlines, like the TFDS builder) and how many were not UTF-8."""
+  _require_file(path)
   try:
     with open(path, 'rb') as f:
       raw = f.read()

@@ -22,15 +22,18 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = train_flags.config_from_flags()
   options = train_flags.distributed_options_from_flags()
+  dry_run = train_flags.dry_run_from_flags()
   try:
     config.validate()
     options.validate()
+    if not dry_run:
+      config.check_paths()
     # Heavy imports (jax, gemma, tensorflow) only once the flags are known to be good.
     from gemma_mt.train import distributed  # pylint: disable=import-outside-toplevel
     from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
     distributed.initialize(options)
-    if train_flags.dry_run_from_flags():
+    if dry_run:
       run, lines = loop.plan_memory(config)
       print('\n'.join(lines))
       if not run.memory_plan.fits():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any
 
 from gemma_mt import errors
@@ -27,6 +28,11 @@ PARAM_DTYPES = ('float32', 'bfloat16')
 
 class ConfigError(errors.UserError):
   """A setting that cannot run; the message names the flag and the fix."""
+
+
+def workdir_not_writable(workdir: str, error: OSError) -> ConfigError:
+  return ConfigError(f'--workdir={workdir} is not writable ({error.strerror}): choose a directory '
+                     'you can write to')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +213,29 @@ class TrainConfig:
       if changed:
         raise ConfigError(f'--{changed[0]} applies to LoRA runs only: set --lora_rank too, or '
                           'leave it out')
+
+  def check_paths(self) -> None:
+    """Raises ConfigError if the run could not write its workdir or read a split's file.
+
+    The checks of a run (a dry run needs neither) that touch only the file system, so that the
+    CLI makes them before it imports jax and gemma. Nothing is created: the workdir's nearest
+    existing directory takes a uniquely named file, removed at once.
+    """
+    existing = os.path.abspath(self.workdir)
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    try:
+      handle, probe = tempfile.mkstemp(prefix='.gemma_mt-write-probe-', dir=existing)
+      os.close(handle)
+      os.remove(probe)
+    except OSError as e:
+      raise workdir_not_writable(self.workdir, e) from None
+    spec = self.dataset_spec()
+    for split in (self.train_split, self.eval_split):
+      try:
+        sources.check_split_file(spec, split)
+      except sources.SourceError as e:
+        raise ConfigError(str(e)) from None
 
   def dataset_spec(self) -> sources.DatasetSpec:
     """The parsed ``--dataset`` with its options."""

@@ -38,7 +38,7 @@ from gemma_mt.train import perf
 from gemma_mt.train import reporting
 from gemma_mt.train import sharding
 from gemma_mt.train import step as step_lib
-from gemma_mt.train.config import ConfigError, TrainConfig
+from gemma_mt.train.config import ConfigError, TrainConfig, workdir_not_writable
 from gemma_mt.train.mesh_spec import MeshSpec
 from gemma_mt.decoding import Translator
 
@@ -178,16 +178,11 @@ def _truncate_metrics(workdir: str, after_step: int) -> None:
     os.replace(tmp, path)
 
 
-def _check_workdir_writable(workdir: str) -> None:
+def _make_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-probe-{os.getpid()}')
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-    os.remove(probe)
   except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}): choose a directory '
-                      'you can write to') from None
+    raise workdir_not_writable(workdir, e) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +383,7 @@ def train_and_evaluate(config: TrainConfig, *,
   or SIGINT ends the run after the current step with a checkpoint (``result.preempted``).
   """
   config.validate()
+  config.check_paths()
   is_main = jax.process_index() == 0
   latest = _read_latest(config.workdir)
   if config.lora and latest and latest.config and latest.config.lora:
@@ -440,7 +436,7 @@ def train_and_evaluate(config: TrainConfig, *,
 
   # A fresh run reads its weights before anything is written, so a mismatch costs nothing.
   loaded = initial_params() if not _has_checkpoint(config.workdir) else None
-  _check_workdir_writable(config.workdir)
+  _make_workdir(config.workdir)
   saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
   if is_main and not os.path.isfile(saved_tokenizer):
     shutil.copyfile(tokenizer.path, saved_tokenizer + '.tmp')
