@@ -64,7 +64,7 @@ def main() -> None:
     args.model, args.repeats = 'tiny', 1
   model = models.get_model_spec(args.model).transformer(jnp.float32)
   optimizer = optax.adamw(1e-4)
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   state = step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
   num_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   examples = [pipeline.EncodedExample(np.array([2, 5], np.int32), np.array([1], np.int32))] * 64

@@ -39,7 +39,7 @@ def compiled_step(spec, batch: int, seq_len: int, loss_chunk: int):
   model = spec.transformer(jnp.float32)
   optimizer = optax.adamw(1e-5)
   abstract_state = jax.eval_shape(lambda: step.TrainState(
-      step=jnp.zeros((), jnp.int32), params=(p := models.init_params(model, 0, 8)),
+      step=jnp.zeros((), jnp.int32), params=(p := models.init_params(model, 0)),
       opt_state=optimizer.init(p)))
   tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
   abstract_batch = TrainingInput(tokens, jax.ShapeDtypeStruct((batch, seq_len), jnp.bool_))
@@ -66,7 +66,7 @@ def step_time(spec, batch: int, seq_len: int, loss_chunk: int, steps: int) -> fl
   from gemma_mt.train import step
 
   model, optimizer, train = compiled_step(spec, batch, seq_len, loss_chunk)
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   state = step.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
   rng = np.random.default_rng(0)

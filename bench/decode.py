@@ -78,7 +78,7 @@ def main() -> None:
     else:
       from gemma_mt.models import sources as model_sources
       tokenizer_path = args.tokenizer or model_sources.resolve('gguf:gemma3-270m').tokenizer_path
-    params, tokenizer = models.init_params(model, 0, 8), GemmaTokenizer(tokenizer_path)
+    params, tokenizer = models.init_params(model, 0), GemmaTokenizer(tokenizer_path)
     name = f'{spec.name} (random init, {jnp.dtype(dtype).name})'
   else:
     loaded = inference.from_source(args.ckpt)

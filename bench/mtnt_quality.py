@@ -84,7 +84,7 @@ def pretrained(args: argparse.Namespace) -> tuple:
 
     spec = models.get_model_spec('tiny')
     model = spec.transformer(jnp.float32)
-    return model, models.init_params(model, 0, 8), GemmaTokenizer(spec.tokenizer_path)
+    return model, models.init_params(model, 0), GemmaTokenizer(spec.tokenizer_path)
   from gemma_mt import inference
 
   loaded = inference.from_source(args.ckpt)

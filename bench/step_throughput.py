@@ -63,7 +63,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   optimizer = optax.adamw(1e-4)
 
   def init():
-    params = models.init_params(transformer, 0, 8)
+    params = models.init_params(transformer, 0)
     return step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   frozen, num_frozen = {}, 0

@@ -161,7 +161,7 @@ def main() -> None:
     pairs = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'train')[0]
     tokenizer_path = spec.tokenizer_path
     model = spec.transformer(jnp.float32)
-    params = models.init_params(model, 0, 8)
+    params = models.init_params(model, 0)
   else:
     lines = MTNT_VALID.read_text(encoding='utf-8').splitlines()
     pairs = sources.parse_mtnt_tsv(lines, quoting='none')[0]

@@ -67,7 +67,7 @@ def _train_losses(workdir) -> list[tuple[int, float]]:
 def _final_params(workdir):
   from gemma_mt import models
   model = models.get_model_spec('tiny').transformer(jax.numpy.float32)
-  abstract = jax.eval_shape(lambda: models.init_params(model, 0, 8))
+  abstract = jax.eval_shape(lambda: models.init_params(model, 0))
   return checkpoint.restore_params(str(workdir), abstract)
 
 

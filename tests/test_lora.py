@@ -37,7 +37,7 @@ def _tiny():
 def _adapted(rank=4, alpha=8.0, targets='all'):
   base_model = _tiny()
   model = lora.adapt(base_model, LoraSpec(rank, alpha, parse_targets(targets)))
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   return base_model, model, params
 
 
@@ -52,7 +52,7 @@ def test_adapters_start_at_the_base_and_fold_into_it_exactly():
   base_model, model, params = _adapted()
   base, adapters = lora.split(params)
   # The base part is the plain model's own initialization; b = 0: the adapted model is the base.
-  for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(models.init_params(base_model, 0, 8))):
+  for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(models.init_params(base_model, 0))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   base_logits = base_model.apply({'params': base}, TOKENS).logits
   np.testing.assert_array_equal(np.asarray(model.apply({'params': params}, TOKENS).logits),
@@ -146,7 +146,7 @@ def test_only_adapters_train_and_are_saved(lora_run, tmp_path):
   # The base the run trained on is the one it loads again, bit for bit, and untouched.
   base_layout, frozen, adapters = frozen_base.restore_lora_run(str(workdir), 12,
                                                                _saved_config(workdir, 12))
-  plain = models.init_params(_tiny(), 0, config.max_seq_len)
+  plain = models.init_params(_tiny(), 0)
   for x, y in zip(jax.tree.leaves(frozen), jax.tree.leaves(plain)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   for x, y in zip(jax.tree.leaves(adapters), jax.tree.leaves(result.state.params)):

@@ -234,7 +234,7 @@ def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
   """A synthetic checkpoint in Gemma 1's flat layout (``transformer/layer_0/...``) through a
   Kaggle handle; the model is the tiny Gemma-1-style architecture."""
   spec = models.get_model_spec('tiny')
-  params = models.init_params(spec.transformer(jnp.float32), 3, 8)
+  params = models.init_params(spec.transformer(jnp.float32), 3)
   monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
   handle = _kaggle_cache(tmp_path / 'kaggle', params, models.DEMO_TOKENIZER, flat=True,
                          handle='google/gemma/flax/tiny-test')
@@ -404,7 +404,7 @@ def test_bad_sources_stop_the_library_before_anything_is_written(flags, message,
 
 
 def test_orbax_checkpoint_of_another_shape_names_the_parameter(tmp_path):
-  params = models.init_params(models.get_model_spec('tiny').transformer(jnp.float32), 0, 8)
+  params = models.init_params(models.get_model_spec('tiny').transformer(jnp.float32), 0)
   gm.ckpts.save_params(params, tmp_path / 'ckpt', wait_until_finished=True)
   resolved = sources.resolve(str(tmp_path / 'ckpt'), model='bench',
                              tokenizer=models.DEMO_TOKENIZER)
@@ -569,7 +569,7 @@ def test_lora_on_270m_matches_peft_and_transformers_and_int8_base_stays_close(
   config = TrainConfig(workdir=str(tmp_path / 'unused'), ckpt='gguf:gemma3-270m', lora_rank=4,
                        lora_alpha=8.0)
   adapted = lora.adapt(model, config.lora_spec())
-  adapters = lora.split(jax.eval_shape(lambda: models.init_params(adapted, 0, 8)))[1]
+  adapters = lora.split(jax.eval_shape(lambda: models.init_params(adapted, 0)))[1]
   leaves, tree = jax.tree.flatten(adapters)
   keys = jax.random.split(jax.random.key(3), len(leaves))
   adapters = jax.tree.unflatten(tree, [0.02 * jax.random.normal(k, x.shape)

@@ -74,7 +74,7 @@ def _abstract_state(optimizer_name: str):
   optimizer = _optimizer(optimizer_name)
 
   def init():
-    params = models.init_params(model, 0, 8)
+    params = models.init_params(model, 0)
     return step_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   return init, jax.eval_shape(init)

@@ -14,7 +14,7 @@ from gemma_mt.train import step as step_lib
 @pytest.fixture(scope='module')
 def tiny():
   model = models.get_model_spec('tiny').transformer(jnp.float32)
-  return model, models.init_params(model, 0, 16)
+  return model, models.init_params(model, 0)
 
 
 def _batch(seed: int = 0, rows: int = 4, length: int = 16) -> TrainingInput:
@@ -136,7 +136,7 @@ def test_chunked_loss_has_the_same_value_and_gradients(demo_tokenizer):
   # A small cap, so that soft-capping changes these small logits (30 would barely touch them).
   for softcap, batch in ((None, _batch()), (2.0, packed)):
     model = _softcapped_tiny(softcap=softcap)
-    params = models.init_params(model, 0, 16)
+    params = models.init_params(model, 0)
     full = step_lib.summed_gradients(params, batch, model=model, pad_id=0)
     chunked = step_lib.summed_gradients(params, batch, model=model, pad_id=0, loss_chunk=5)
     np.testing.assert_allclose(np.array(chunked[1]), np.array(full[1]), rtol=1e-5)
@@ -153,7 +153,7 @@ def test_chunked_loss_never_holds_the_full_logits():
   """A 262,144-piece vocabulary: the compiled step's temporaries are less than the full float32
   logits with chunks of 8 positions, more than twice that without."""
   model = _softcapped_tiny(vocab=262_144)
-  abstract_params = jax.eval_shape(lambda: models.init_params(model, 0, 8))
+  abstract_params = jax.eval_shape(lambda: models.init_params(model, 0))
   batch = jax.eval_shape(lambda: _batch(rows=8, length=64))
   logits_bytes = 8 * 64 * 262_144 * 4
 

@@ -17,7 +17,7 @@ def test_gemma_sampler_tokenizer_has_the_same_ids(demo_tokenizer):
 def test_translations_stop_at_eos(demo_tokenizer):
   spec = models.get_model_spec('tiny')
   model = spec.transformer(jnp.float32)
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   # Make EOS the most likely next token everywhere: decoding must stop at once.
   embedding = params['embedder']['input_embedding']
   params['embedder']['input_embedding'] = embedding.at[demo_tokenizer.eos_id].set(
@@ -26,7 +26,7 @@ def test_translations_stop_at_eos(demo_tokenizer):
   assert translator(['The cat.', 'I see two dogs.']) == ['', '']
   # A model pushed to one word instead never stops: exactly the budget of 8 tokens, decoded.
   word = demo_tokenizer.piece_id('▁chat')
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   params['embedder']['input_embedding'] = embedding.at[word].set(embedding.mean(0) * 0 + 50.0)
   chatty = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=8)
   out = chatty(['The cat.', 'I see two dogs.'])
@@ -35,7 +35,7 @@ def test_translations_stop_at_eos(demo_tokenizer):
 
 def _pushed_to(model, piece_id):
   """Parameters whose every next token is ``piece_id``."""
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
   embedding = params['embedder']['input_embedding']
   params['embedder']['input_embedding'] = embedding.at[piece_id].set(embedding.mean(0) * 0 + 50.0)
   return params
@@ -176,7 +176,7 @@ def test_decoding_on_the_training_mesh_gives_the_single_device_outputs(demo_toke
 
 def test_sampling_is_seeded(demo_tokenizer):
   model = models.get_model_spec('tiny').transformer(jnp.float32)
-  params = models.init_params(model, 0, 8)
+  params = models.init_params(model, 0)
 
   def sample(seed):
     return Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gemma_mt.data import asset_paths
 
 if TYPE_CHECKING:
+  import jax
   from gemma.gm.nn import Transformer, TransformerConfig
 
 DEMO_TOKENIZER = str(asset_paths.DEMO_TOKENIZER)
@@ -194,13 +195,23 @@ def specs_of_architecture(architecture: Architecture) -> list[ModelSpec]:
   return [s for s in MODELS.values() if s.architecture == architecture]
 
 
-def init_params(model: Transformer, seed: int, seq_len: int) -> Any:
-  """Random initial parameters of ``model`` (a pytree of arrays), from ``seed``."""
+# The length of the tokens that ``init_params`` runs the model on. The parameters do not depend
+# on it (flax draws each from the key and its module's path), so one length for every run: one
+# compiled initialization per model and layout, shared through the compilation cache.
+INIT_TOKENS = 8
+
+
+def init_params(model: Transformer, seed: int | jax.Array) -> Any:
+  """Random initial parameters of ``model`` (a pytree of arrays), from ``seed``: an int, or the
+  key ``jax.random.key(seed)`` itself (passed into a jitted initialization as an argument, one
+  program serves every seed)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  tokens = jnp.ones((1, seq_len), dtype=jnp.int32)
-  return model.init(jax.random.key(seed), tokens)['params']
+  is_key = isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key)
+  key = seed if is_key else jax.random.key(seed)
+  tokens = jnp.ones((1, INIT_TOKENS), dtype=jnp.int32)
+  return model.init(key, tokens)['params']
 
 
 def abstract_params(spec: ModelSpec, param_dtype: Any) -> Any:
@@ -208,7 +219,7 @@ def abstract_params(spec: ModelSpec, param_dtype: Any) -> Any:
   import jax  # pylint: disable=import-outside-toplevel
 
   model = spec.transformer(param_dtype)
-  return jax.eval_shape(lambda: init_params(model, 0, 8))
+  return jax.eval_shape(lambda: init_params(model, 0))
 
 
 def count_params(params: Any) -> int:

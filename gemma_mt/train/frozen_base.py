@@ -54,7 +54,7 @@ def layout(config: TrainConfig, spec: models.ModelSpec, mesh: Any) -> BaseLayout
   lora_spec = config.lora_spec()
   base_model = spec.transformer(jnp.dtype(config.frozen_dtype), config.remat)
   model = lora.adapt(base_model, lora_spec, jnp.dtype(config.param_dtype))
-  full = jax.eval_shape(lambda: models.init_params(model, config.seed, config.max_seq_len))
+  full = jax.eval_shape(lambda: models.init_params(model, config.seed))
   base, adapters = lora.split(full)
   transposed = transposed_gating(base_model)
   try:
@@ -89,9 +89,8 @@ def load(config: TrainConfig, run_model: model_sources.RunModel,
     _LOG.warning('--lora_rank on %s without --ckpt: the base is random (for tests only)',
                  run_model.spec.name)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    base = jax.jit(lambda: models.init_params(base_layout.base_model, config.seed,
-                                              config.max_seq_len),
-                   out_shardings=shardings)()
+    base = jax.jit(lambda key: models.init_params(base_layout.base_model, key),
+                   out_shardings=shardings)(jax.random.key(config.seed))
   fingerprint = lora.fingerprint(base)
   if config.base_quantization != 'none':
     base = jax.jit(

@@ -240,7 +240,7 @@ def compile_run(config: TrainConfig, run_model: model_sources.RunModel, num_step
     model, abstract_frozen = run_model.spec.transformer(jnp.dtype(config.param_dtype),
                                                         config.remat), {}
     abstract_trained = jax.eval_shape(
-        lambda: models.init_params(model, config.seed, config.max_seq_len))
+        lambda: models.init_params(model, config.seed))
   frozen_shardings = jax.tree.map(lambda x: x.sharding, abstract_frozen)
   abstract_state = jax.eval_shape(functools.partial(_state_of, optimizer), abstract_trained)
   state_shardings = sharding.state_shardings(mesh, abstract_state, optimizer,
@@ -567,12 +567,13 @@ def _fresh_state(run: CompiledRun, initial_params: Any) -> step_lib.TrainState:
   config, shardings = run.config, run.state_shardings
   params = initial_params()
   if params is None:
-    def init() -> Any:
-      params = models.init_params(run.model, config.seed, config.max_seq_len)
+    def init(key: jax.Array) -> Any:
+      params = models.init_params(run.model, key)
       # New adapters alone: the base's random initialization is dead code to XLA.
       return lora.split(params)[1] if config.lora else params
 
-    params = jax.jit(init, out_shardings=shardings.params)()
+    # The key an argument, not a constant: one compiled program for every seed.
+    params = jax.jit(init, out_shardings=shardings.params)(jax.random.key(config.seed))
   return jax.jit(functools.partial(_state_of, run.optimizer), out_shardings=shardings)(params)
 
 
