@@ -52,12 +52,13 @@ def test_decoding_stops_at_end_of_turn_too(demo_tokenizer):
 # The tests of one trained model share a worker, so that it is trained once (conftest.SHARED_RUNS).
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
-  """A short demo run: a model whose translations differ from sentence to sentence."""
+  """A short demo run: a model whose translations differ from sentence to sentence (after 100
+  steps; after 50, one output for every source)."""
   from gemma_mt.train import loop
   from gemma_mt.train.config import TrainConfig
   workdir = tmp_path_factory.mktemp('trained')
   result = loop.train_and_evaluate(TrainConfig(
-      workdir=str(workdir), max_steps=150, eval_every_n=150, save_every_n=150, log_every_n=50,
+      workdir=str(workdir), max_steps=100, eval_every_n=100, save_every_n=100, log_every_n=50,
       num_translations=0, bleu_examples=0))
   return workdir, result
 
@@ -226,7 +227,7 @@ def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_pat
   done = _cli('gemma_mt.translate', f'--workdir={workdir}', '--step=7', stdin='The cat.\n')
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == (
-      f'error: --step=7: {workdir} has checkpoints at steps 150')
+      f'error: --step=7: {workdir} has checkpoints at steps 100')
 
 
 def test_evaluate_cli_json_and_tsv(trained, tmp_path):
