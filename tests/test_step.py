@@ -17,6 +17,12 @@ def tiny():
   return model, models.init_params(model, 0)
 
 
+def _jitted(fn, **static):
+  """``fn`` compiled as training compiles it, its non-array arguments fixed (run eagerly, every
+  operation of the model would compile on its own)."""
+  return jax.jit(functools.partial(fn, **static))
+
+
 def _batch(seed: int = 0, rows: int = 4, length: int = 16) -> TrainingInput:
   rng = np.random.RandomState(seed)
   tokens = rng.randint(4, 1000, size=(rows, length)).astype(np.int32)
@@ -42,7 +48,8 @@ def test_attention_inputs_from_padding():
 def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
   model, params = tiny
   batch = _batch()
-  logits = np.asarray(step_lib.model_logits(model, params, batch, 0), np.float64)
+  logits = np.asarray(_jitted(step_lib.model_logits, model=model, pad_id=0)(params=params,
+                                                                          batch=batch), np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   total, count = 0.0, 0
   for r in range(batch.input_tokens.shape[0]):
@@ -50,7 +57,7 @@ def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
       if batch.target_mask[r, t]:
         total -= log_probs[r, t - 1, batch.input_tokens[r, t]]
         count += 1
-  loss, sums = step_lib.mean_loss(params, batch, model, 0)
+  loss, sums = _jitted(step_lib.mean_loss, model=model, pad_id=0)(params, batch)
   assert float(sums.num_tokens) == count
   np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
 
@@ -58,15 +65,16 @@ def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
 def test_every_row_counts_and_padding_rows_weigh_nothing(tiny):
   model, params = tiny
   batch = _batch()
-  loss, _ = step_lib.mean_loss(params, batch, model, 0)
+  loss, _ = _jitted(step_lib.mean_loss, model=model, pad_id=0)(params, batch)
   changed = batch.input_tokens.copy()
   changed[3, 8] = (changed[3, 8] + 7) % 1000 + 4  # a target token of the last row
-  other, _ = step_lib.mean_loss(params, batch._replace(input_tokens=changed), model, 0)
+  other, _ = _jitted(step_lib.mean_loss, model=model, pad_id=0)(
+      params, batch._replace(input_tokens=changed))
   assert float(other) != float(loss)
   padded = TrainingInput(np.concatenate([batch.input_tokens, np.zeros((2, 16), np.int32)]),
                          np.concatenate([batch.target_mask, np.zeros((2, 16), bool)]))
-  sums = step_lib.eval_step(params, padded, model=model, pad_id=0)
-  ref = step_lib.eval_step(params, batch, model=model, pad_id=0)
+  sums = _jitted(step_lib.eval_step, model=model, pad_id=0)(params, padded)
+  ref = _jitted(step_lib.eval_step, model=model, pad_id=0)(params, batch)
   np.testing.assert_allclose(float(sums.loss_sum), float(ref.loss_sum), rtol=1e-6)
   assert float(sums.num_tokens) == float(ref.num_tokens)
 
@@ -110,8 +118,9 @@ def test_packed_loss_equals_unpacked_loss(tiny, demo_tokenizer):
           if tuple(np.concatenate([e.prompt_ids, e.target_ids])) in in_packed]
   assert len(keep) == len(in_packed) >= 6
   unpacked = TrainingInput(padded.input_tokens[keep], padded.target_mask[keep])
-  loss_packed, sums_packed = step_lib.mean_loss(params, packed, model, 0)
-  loss_unpacked, sums_unpacked = step_lib.mean_loss(params, unpacked, model, 0)
+  mean_loss = _jitted(step_lib.mean_loss, model=model, pad_id=0)
+  loss_packed, sums_packed = mean_loss(params, packed)
+  loss_unpacked, sums_unpacked = mean_loss(params, unpacked)
   assert float(sums_packed.num_tokens) == float(sums_unpacked.num_tokens)
   np.testing.assert_allclose(float(loss_packed), float(loss_unpacked), rtol=1e-5)
 
@@ -137,16 +146,16 @@ def test_chunked_loss_has_the_same_value_and_gradients(demo_tokenizer):
   for softcap, batch in ((None, _batch()), (2.0, packed)):
     model = _softcapped_tiny(softcap=softcap)
     params = models.init_params(model, 0)
-    full = step_lib.summed_gradients(params, batch, model=model, pad_id=0)
-    chunked = step_lib.summed_gradients(params, batch, model=model, pad_id=0, loss_chunk=5)
+    full = _jitted(step_lib.summed_gradients, model=model, pad_id=0)(params, batch)
+    chunked = _jitted(step_lib.summed_gradients, model=model, pad_id=0, loss_chunk=5)(params, batch)
     np.testing.assert_allclose(np.array(chunked[1]), np.array(full[1]), rtol=1e-5)
     # Summed float32 gradients, added up in another order: equal to 1e-4 of each
     # parameter's largest gradient (a few of 131,072 embedding entries differ by 1.5e-6 here).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
         a, b, rtol=1e-5, atol=max(1e-6, 1e-4 * float(np.abs(b).max()))), chunked[0], full[0])
     np.testing.assert_allclose(
-        np.array(step_lib.eval_step(params, batch, model=model, pad_id=0, loss_chunk=7)),
-        np.array(step_lib.eval_step(params, batch, model=model, pad_id=0)), rtol=1e-5)
+        np.array(_jitted(step_lib.eval_step, model=model, pad_id=0, loss_chunk=7)(params, batch)),
+        np.array(_jitted(step_lib.eval_step, model=model, pad_id=0)(params, batch)), rtol=1e-5)
 
 
 def test_chunked_loss_never_holds_the_full_logits():
