@@ -48,8 +48,8 @@ def test_attention_inputs_from_padding():
 def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
   model, params = tiny
   batch = _batch()
-  logits = np.asarray(_jitted(step_lib.model_logits, model=model, pad_id=0)(params=params,
-                                                                          batch=batch), np.float64)
+  model_logits = _jitted(step_lib.model_logits, model=model, pad_id=0)
+  logits = np.asarray(model_logits(params=params, batch=batch), np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   total, count = 0.0, 0
   for r in range(batch.input_tokens.shape[0]):
@@ -65,16 +65,16 @@ def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
 def test_every_row_counts_and_padding_rows_weigh_nothing(tiny):
   model, params = tiny
   batch = _batch()
-  loss, _ = _jitted(step_lib.mean_loss, model=model, pad_id=0)(params, batch)
+  mean_loss = _jitted(step_lib.mean_loss, model=model, pad_id=0)
+  loss, _ = mean_loss(params, batch)
   changed = batch.input_tokens.copy()
   changed[3, 8] = (changed[3, 8] + 7) % 1000 + 4  # a target token of the last row
-  other, _ = _jitted(step_lib.mean_loss, model=model, pad_id=0)(
-      params, batch._replace(input_tokens=changed))
+  other, _ = mean_loss(params, batch._replace(input_tokens=changed))
   assert float(other) != float(loss)
   padded = TrainingInput(np.concatenate([batch.input_tokens, np.zeros((2, 16), np.int32)]),
                          np.concatenate([batch.target_mask, np.zeros((2, 16), bool)]))
-  sums = _jitted(step_lib.eval_step, model=model, pad_id=0)(params, padded)
-  ref = _jitted(step_lib.eval_step, model=model, pad_id=0)(params, batch)
+  eval_step = _jitted(step_lib.eval_step, model=model, pad_id=0)
+  sums, ref = eval_step(params, padded), eval_step(params, batch)
   np.testing.assert_allclose(float(sums.loss_sum), float(ref.loss_sum), rtol=1e-6)
   assert float(sums.num_tokens) == float(ref.num_tokens)
 
