@@ -9,8 +9,9 @@ worker as a plugin that records, around each test's setup, call and teardown, th
 the test process (``os.times()`` user + system) and of the child processes it waited for (CLI
 runs, multi-process jobs, the transformers reference). A session fixture's cost goes to the
 first test that uses it. Then JAX's tracing, lowering and XLA compilation in the test processes
-(JAX's monitoring events), and the programs XLA compiled in the run, counted by name from the new
-entries of the tests' persistent compilation cache (start from an empty one, ``rm -rf
+(JAX's monitoring events), and the programs XLA compiled in the run, by name, from the new entries
+of the tests' persistent compilation cache: how many, and the compile seconds JAX wrote into each,
+in the test processes and the CLIs they start alike (start from an empty cache, ``rm -rf
 .pytest_cache``, to count all a fresh machine compiles).
 """
 
@@ -152,14 +153,37 @@ def _cache_entries() -> set[str]:
   return set(os.listdir(COMPILATION_CACHE)) if COMPILATION_CACHE.is_dir() else set()
 
 
+def _compile_seconds(entry: str) -> int:
+  """The compile time JAX recorded in a cache entry: whole seconds, wall, in front of the
+  serialized executable (``compilation_cache.combine_executable_and_time``)."""
+  from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+
+  data = compilation_cache.decompress_executable((COMPILATION_CACHE / entry).read_bytes())
+  return int.from_bytes(data[:4], byteorder='big')
+
+
 def _compiled_table(before: set[str], after: set[str], top: int) -> str:
   """The programs XLA compiled in the run, by name: the cache's new entries (``NAME-HASH-cache``,
-  one per distinct program; the same program in two tests or processes is compiled once)."""
-  names = collections.Counter(entry.rsplit('-', 2)[0] for entry in after - before)
-  lines = [f'{sum(names.values())} programs compiled (new entries of the persistent compilation '
-           f'cache; {len(before)} were there before the run), {len(names)} names', '',
-           f'| the {top} program names compiled most often | programs |', '|---|---|']
-  lines += [f'| {name} | {count} |' for name, count in names.most_common(top)]
+  one per distinct program; the same program in two tests or processes is compiled once), with
+  the compile seconds JAX wrote into each (every process writes there but the non-first
+  processes of a multi-process job, so the CLIs the tests start are counted too)."""
+  programs, seconds, longest = collections.Counter(), collections.Counter(), collections.Counter()
+  new = [e for e in after - before if e.endswith('-cache')]
+  for entry in new:
+    name, compiled_s = entry.rsplit('-', 2)[0], _compile_seconds(entry)
+    programs[name] += 1
+    seconds[name] += compiled_s
+    longest[name] = max(longest[name], compiled_s)
+  lines = [f'{len(new)} programs compiled (new entries of the persistent compilation cache; '
+           f'{len(before)} were there before the run), {len(programs)} names; '
+           f'{sum(seconds.values())} s of compilation recorded in them (wall; JAX truncates each '
+           "program's to whole seconds, so this is a lower bound)", '',
+           f'| the {top} program names that took the longest to compile | programs | '
+           'compile (s) | longest (s) |', '|---|---|---|---|']
+  lines += [f'| {name} | {programs[name]} | {total} | {longest[name]} |'
+            for name, total in seconds.most_common(top)]
+  lines += ['', f'| the {top} program names compiled most often | programs |', '|---|---|']
+  lines += [f'| {name} | {count} |' for name, count in programs.most_common(top)]
   return '\n'.join(lines)
 
 
