@@ -18,3 +18,30 @@ def test_gpu_suite_without_a_gpu_is_one_line_exit_2():
     assert done.returncode == 2, (args, done.stderr)
     assert done.stderr.startswith(message) and done.stderr.count('\n') == 1, done.stderr
     assert done.stdout == ''
+
+
+def test_suite_cpu_reads_the_compile_seconds_jax_writes_into_its_cache():
+  """bench/suite_cpu.py reads JAX's persistent-cache entries (a private format): a program
+  compiled here is found under its name with a plausible compile time."""
+  import importlib.util
+
+  import jax
+  import jax.numpy as jnp
+
+  spec = importlib.util.spec_from_file_location('suite_cpu', REPO / 'bench' / 'suite_cpu.py')
+  suite_cpu = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(suite_cpu)
+  for old in suite_cpu.COMPILATION_CACHE.glob('jit_suite_cpu_probe-*'):
+    old.unlink()  # an earlier run's entry would be a cache hit, not a compilation
+  before = suite_cpu._cache_entries()  # pylint: disable=protected-access
+
+  def suite_cpu_probe(x):  # a name, and a shape, no other test compiles
+    return jnp.cumsum(jnp.sin(x) * 3.0)
+
+  jax.jit(suite_cpu_probe)(jnp.ones((7, 1013)))
+  new = [e for e in suite_cpu._cache_entries() - before  # pylint: disable=protected-access
+         if e.startswith('jit_suite_cpu_probe-')]
+  assert len(new) == 1, new
+  assert 0 <= suite_cpu._compile_seconds(new[0]) < 60  # pylint: disable=protected-access
+  table = suite_cpu._compiled_table(before, before | set(new), 5)  # pylint: disable=protected-access
+  assert table.startswith('1 programs compiled') and '| jit_suite_cpu_probe | 1 |' in table
