@@ -26,8 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
-            dtype: str, lora_rank: int = 0, base_quantization: str = 'none'
-            ) -> dict[str, float | str]:
+            dtype: str, lora_rank: int = 0, base_quantization: str = 'none',
+            matmul_size: int = 0) -> dict[str, float | str]:
   import jax  # pylint: disable=import-outside-toplevel
 
   if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
@@ -46,7 +46,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   mesh = sharding.make_mesh(MeshSpec.parse(mesh))
   devices = mesh.size
   # Peak: matmul in the step's dtype on all devices at once (each device its own pair).
-  n = 2048 if jax.default_backend() == 'cpu' else 8192
+  n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
   a = jax.device_put(jnp.ones((devices * n, n), param_dtype), sharding.batch_sharding(mesh))
   b = jnp.ones((n, n), param_dtype)
   matmul = jax.jit(lambda x, y: x @ y)
@@ -68,8 +68,8 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
 
   frozen, num_frozen = {}, 0
   if lora_rank:  # the library's own LoRA run: adapters on a frozen (random) base
-    run, frozen, state = _lora_run(spec, mesh, lora_rank, base_quantization, dtype, batch_size,
-                                   seq_len)
+    run, frozen, state, compile_s = _lora_run(spec, mesh, lora_rank, base_quantization, dtype,
+                                              batch_size, seq_len)
     abstract, shardings, frozen_shardings = run.abstract_state, run.state_shardings, jax.tree.map(
         lambda x: x.sharding, run.base_layout.abstract_frozen)
     transformer, optimizer = run.model, run.optimizer
@@ -85,14 +85,16 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   mask = np.ones_like(tokens, dtype=bool)
   mask[:, : seq_len // 4] = False
   batch = sharding.global_batch(TrainingInput(tokens, mask), mesh)
-  compute_dtype = jnp.dtype(dtype) if lora_rank and dtype != 'float32' else None
-  train = jax.jit(functools.partial(step.train_step, model=transformer, optimizer=optimizer,
-                                    pad_id=0, compute_dtype=compute_dtype),
-                  in_shardings=(shardings, sharding.batch_sharding(mesh), frozen_shardings),
-                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-  start = time.perf_counter()
-  compiled = train.lower(state, batch, frozen).compile()
-  compile_s = time.perf_counter() - start
+  if lora_rank:  # the run's own step, compiled (once) for its memory plan
+    compiled = run.train_fn
+  else:
+    train = jax.jit(functools.partial(step.train_step, model=transformer, optimizer=optimizer,
+                                      pad_id=0),
+                    in_shardings=(shardings, sharding.batch_sharding(mesh), frozen_shardings),
+                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = train.lower(state, batch, frozen).compile()
+    compile_s = time.perf_counter() - start
   total_flops = perf.model_flops_per_step(
       num_params=models.count_params(abstract.params), num_layers=shape.num_layers,
       num_heads=shape.num_heads, head_dim=shape.head_dim, batch_size=batch_size, seq_len=seq_len,
@@ -127,8 +129,9 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
 
 def _lora_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
               seq_len: int):
-  """(compiled run, frozen base, fresh state) of a LoRA run of ``spec`` on ``mesh``: float32
-  adapters, the base in ``dtype`` (and ``quantization``), compute in ``dtype``."""
+  """(compiled run, frozen base, fresh state, seconds to compile) of a LoRA run of ``spec`` on
+  ``mesh``: float32 adapters, the base in ``dtype`` (and ``quantization``), compute in ``dtype``,
+  AdamW at a constant 1e-4 as the full fine-tuning rows."""
   from gemma_mt.models import sources  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import frozen_base, loop  # pylint: disable=import-outside-toplevel
@@ -136,12 +139,15 @@ def _lora_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: 
   config = config_lib.TrainConfig(
       model=spec.name, batch_size=batch_size, max_seq_len=seq_len, lora_rank=rank,
       lora_alpha=2.0 * rank, base_dtype=dtype, compute_dtype=dtype,
-      base_quantization=quantization, max_steps=10,
-      mesh=','.join(f'{axis}:{size}' for axis, size in mesh.shape.items()))
+      base_quantization=quantization, max_steps=10, learning_rate=1e-4, lr_schedule='constant',
+      warmup_steps=0, mesh=','.join(f'{axis}:{size}' for axis, size in mesh.shape.items()))
   run_model = sources.resolve_run_model(spec.name, need_weights=False)
+  start = time.perf_counter()
   run = loop.compile_run(config, run_model, 10, devices=list(mesh.devices.flat))
+  compile_s = time.perf_counter() - start
   frozen, _ = frozen_base.load(config, run_model, run.base_layout)
-  return run, frozen, loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
+  state = loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
+  return run, frozen, state, compile_s
 
 
 def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int,
@@ -187,14 +193,19 @@ def main() -> None:
   parser.add_argument('--gpu', action='store_true', help='the GPU table, in this process')
   parser.add_argument('--devices', type=int, default=0, help='internal: measure one CPU row')
   parser.add_argument('--mesh', default='')
+  parser.add_argument('--matmul_size', type=int, default=0,
+                      help='internal: n of the n×n matmul that measures the peak (0: 2048 on '
+                      'CPU, 8192 on a GPU)')
   parser.add_argument('--quick', action='store_true',
-                      help='the tiny model at sequence 32, batch 16, 2 steps: seconds')
+                      help='the tiny model at sequence 32, batch 16, 2 steps, the peak from a 512² '
+                      'matmul: seconds')
   parser.add_argument('--lora_rank', type=int, default=0,
                       help='LoRA adapters of this rank on a frozen base (the rows of --gpu: 16)')
   parser.add_argument('--base_quantization', default='none', help='none, int8 or int4')
   args = parser.parse_args()
-  if args.quick:
+  if args.quick:  # a smaller matmul too: at 2048 it takes 10 s on 8 CPU devices
     args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
+    args.matmul_size = 512
   if args.gpu:
     for model, label, lora_rank, quantization in (
         ('gemma-2b-architecture', 'Gemma 2B architecture', 0, 'none'),
@@ -215,7 +226,8 @@ def main() -> None:
     print(json.dumps(measure(model=args.model, devices=args.devices, mesh=args.mesh,
                              batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                              dtype=args.dtype, lora_rank=args.lora_rank,
-                             base_quantization=args.base_quantization)))
+                             base_quantization=args.base_quantization,
+                             matmul_size=args.matmul_size)))
     return
   rows = []
   for devices, mesh in ((1, 'data:1'), (8, 'data:8'), (8, 'fsdp:8')):
@@ -223,7 +235,8 @@ def main() -> None:
         [sys.executable, __file__, f'--devices={devices}', f'--mesh={mesh}',
          f'--model={args.model}', f'--seq_len={args.seq_len}', f'--dtype={args.dtype}',
          f'--batch_size={args.batch_size}', f'--steps={args.steps}',
-         f'--lora_rank={args.lora_rank}', f'--base_quantization={args.base_quantization}'],
+         f'--lora_rank={args.lora_rank}', f'--base_quantization={args.base_quantization}',
+         f'--matmul_size={args.matmul_size}'],
         capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   lora = (f', LoRA rank {args.lora_rank} ({args.base_quantization} base)'
