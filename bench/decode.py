@@ -6,7 +6,7 @@ runs) against gemma's own ``gm.text.Sampler`` called one sentence at a time.
     python bench/decode.py --model=gemma3-1b --tokenizer=T   # a shape with random weights (GPU)
 
 Every row translates the same English sentences (the first ``--sentences`` of the offline MTNT
-file) with the same prompt (``English: … / French:``; an answer ends at its first line break, as
+file, ``--mtnt``; the demo corpus's with ``--quick`` or where that file is absent) with the same prompt (``English: … / French:``; an answer ends at its first line break, as
 in ``bench/mtnt_quality.py``'s zero-shot rows), cache length and ``--max_new_tokens``. Each row
 runs twice and the second run is timed, so compilation is not counted. Generated tokens are the
 outputs' tokens plus their end token.
@@ -28,15 +28,19 @@ MTNT_VALID = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 PREFIX, SUFFIX = 'English: ', '\nFrench:'
 
 
-def sentences(args: argparse.Namespace) -> list[str]:
+def sentences(args: argparse.Namespace) -> tuple[list[str], str]:
+  """The first ``--sentences`` English sentences, and where they come from."""
   from gemma_mt.data import sources
 
-  if args.quick or not MTNT_VALID.is_file():
+  mtnt = pathlib.Path(args.mtnt)
+  if args.quick or not mtnt.is_file():
     pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+    origin = 'the demo corpus'
   else:
-    lines = MTNT_VALID.read_text(encoding='utf-8').splitlines()
+    origin = f'MTNT ({mtnt.name})'
+    lines = mtnt.read_text(encoding='utf-8').splitlines()
     pairs = sources.parse_mtnt_tsv(lines, quoting='none')[0]
-  return [source for source, _ in pairs[: args.sentences]]
+  return [source for source, _ in pairs[: args.sentences]], origin
 
 
 def timed(translate, texts: list[str]) -> tuple[list[str], float]:
@@ -53,6 +57,9 @@ def main() -> None:
   parser.add_argument('--model', default='', help='instead of --ckpt: this shape, random weights')
   parser.add_argument('--tokenizer', default='', help='with --model: its tokenizer.model '
                       '(default: Gemma 3\'s, rebuilt from the GGUF package)')
+  parser.add_argument('--mtnt', default=str(MTNT_VALID),
+                      help='MTNT file whose English sentences are translated (the demo corpus\' '
+                      'where it is absent)')
   parser.add_argument('--sentences', type=int, default=32)
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--beam_size', type=int, default=4)
@@ -83,7 +90,7 @@ def main() -> None:
   else:
     loaded = inference.from_source(args.ckpt)
     model, params, tokenizer, name = loaded.model, loaded.params, loaded.tokenizer, args.ckpt
-  texts = sentences(args)
+  texts, origin = sentences(args)
   prompt_format = PromptFormat(PREFIX, SUFFIX)
   stop = ('\n',) if tokenizer.piece_id('\n') is not None else ()
   common = dict(max_new_tokens=args.max_new_tokens, stop_pieces=stop)
@@ -113,7 +120,8 @@ def main() -> None:
     tokens = sum(len(tokenizer.encode(o)) + 1 for o in outputs)
     results.append((label, batch_size, decoding, len(texts) / seconds, tokens / seconds, seconds))
   base = results[0][3]
-  print(f'## Decoding throughput: {name}, {len(texts)} sentences, up to {args.max_new_tokens} '
+  print(f'## Decoding throughput: {name}, {len(texts)} sentences of {origin}, up to '
+        f'{args.max_new_tokens} '
         f'new tokens, {jax.devices()[0].platform.upper()} ({jax.device_count()} device)\n')
   print('| decoder | batch | decoding | sentences/s | generated tokens/s | wall (s) | '
         'sentences/s ÷ Sampler one at a time |')

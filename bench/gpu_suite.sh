@@ -13,9 +13,10 @@
 # throughput (Gemma 3 1B shape, random weights); LoRA rank 16 on the Gemma 2B shape, on a bf16
 # and an int8 base.
 #
-# A machine without network or TensorFlow: put the wheels that BUILD.md ("The GPU benchmark")
-# lists in .whl/ (carried with the working tree); this script installs them into a temporary
-# folder and serves kauldron's `import tensorflow` with an import-only stand-in.
+# A machine without network or TensorFlow: put the wheels, Gemma 3's tokenizer and MTNT's
+# validation file that BUILD.md ("The GPU benchmark") lists in .whl/ (carried with the working
+# tree); this script installs the wheels into a temporary folder and, where TensorFlow is missing,
+# serves the imports of TensorFlow and TFDS that gemma's modules make with import-only stand-ins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,19 +39,10 @@ trap 'rm -rf "$SITE"' EXIT
 if [[ -d .whl ]]; then
   $PY -m pip install --quiet --no-index --no-deps --target "$SITE/packages" .whl/*.whl
 fi
-if ! $PY -c 'import tensorflow' 2>/dev/null; then
-  mkdir -p "$SITE/stub/tensorflow"
-  cat > "$SITE/stub/tensorflow/__init__.py" <<'EOF'
-"""Import-only stand-in: kauldron.typing imports TensorFlow for isinstance checks only."""
-import types
-class Tensor: pass
-class TensorSpec: pass
-dtypes = types.SimpleNamespace(DType=type('DType', (), {}))
-experimental = types.SimpleNamespace(numpy=types.SimpleNamespace(ndarray=type('ndarray', (), {})))
-__internal__ = types.SimpleNamespace(types=types.SimpleNamespace(Tensor=Tensor))
-EOF
-fi
-export PYTHONPATH="$SITE/packages:$SITE/stub:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Import-only stand-ins for TensorFlow and TFDS (bench/no_tensorflow/stand_in.py says why).
+STAND_INS=
+if ! $PY -c 'import tensorflow' 2>/dev/null; then STAND_INS="$PWD/bench/no_tensorflow:"; fi
+export PYTHONPATH="$SITE/packages:${STAND_INS}$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! $PY -c 'import jax' 2>/dev/null; then
   echo "error: $PY cannot import jax: set PYTHON to a python with jax (CUDA) and flax" >&2
   exit 2
@@ -59,9 +51,23 @@ if ! $PY -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/n
   echo "error: no GPU seen by $PY's jax: run on the GPU machine, or use --cpu for tiny shapes" >&2
   exit 2
 fi
-# Gemma 3's tokenizer (rebuilt from the GGUF package's vocabulary; BUILD.md says how to bring it).
-TOKENIZER=()
-if [[ -f .whl/gemma3-tokenizer.model ]]; then TOKENIZER=(--tokenizer=.whl/gemma3-tokenizer.model); fi
-$PY bench/step_throughput.py --gpu
-$PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 --steps=5
-$PY bench/decode.py --model=gemma3-1b --sentences=256 --batch_size=64 "${TOKENIZER[@]}"
+# Gemma 3's tokenizer (rebuilt from the GGUF package's vocabulary) and MTNT's validation file for
+# the decoding rows, where BUILD.md's steps put them (the machine has neither).
+DECODE=(--model=gemma3-1b --sentences=32 --batch_size=32)
+if [[ -f .whl/gemma3-tokenizer.model ]]; then DECODE+=(--tokenizer=.whl/gemma3-tokenizer.model); fi
+if [[ -f .whl/valid.en-fr.tsv ]]; then DECODE+=(--mtnt=.whl/valid.en-fr.tsv); fi
+# Each part runs even if one before it failed (a lent machine's minutes are few): its status and
+# seconds are printed after it, and the script fails at the end if any part did.
+export PYTHONUNBUFFERED=1
+failed=0
+part() {
+  local start=${SECONDS} rc=0
+  echo "== $*"
+  "$@" || rc=$?
+  echo "== exit ${rc}, $(( SECONDS - start )) s: $*"
+  (( rc == 0 )) || failed=1
+}
+part $PY bench/step_throughput.py --gpu
+part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 --steps=5
+part $PY bench/decode.py "${DECODE[@]}"
+exit "${failed}"

@@ -7,7 +7,10 @@ On CPU each row runs in its own process (the number of CPU devices is fixed when
 the float32 matmul rate measured in that process is the peak that MFU is taken against. On a GPU
 the peak is the bfloat16 matmul rate measured there, and the published peak of the chip is shown
 too; each model runs at the largest batch of 32/16/8 whose compiled step fits (the memory plan
-of ``--dry_run``). The step is the library's own jitted, sharded `train_step` (AdamW) on random tokens.
+of ``--dry_run``), and the step timed is the one that plan compiled: the run's own, as
+``gemma_mt.train`` builds it (AdamW at a constant rate, gradient clipping). On CPU the step is
+the library's jitted, sharded `train_step` with plain AdamW (LoRA rows: the run's own). Random
+weights and tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
             dtype: str, lora_rank: int = 0, base_quantization: str = 'none',
-            matmul_size: int = 0) -> dict[str, float | str]:
+            matmul_size: int = 0, fitted: tuple[object, float] | None = None
+            ) -> dict[str, float | str]:
+  """One row. ``fitted``: (compiled run, seconds it took) from `largest_fitting_batch`, whose
+  step is timed instead of compiling another."""
   import jax  # pylint: disable=import-outside-toplevel
 
   if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
@@ -43,7 +49,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   from gemma_mt.train.mesh_spec import MeshSpec  # pylint: disable=import-outside-toplevel
 
   param_dtype = jnp.dtype(dtype)
-  mesh = sharding.make_mesh(MeshSpec.parse(mesh))
+  mesh = fitted[0].mesh if fitted else sharding.make_mesh(MeshSpec.parse(mesh))
   devices = mesh.size
   # Peak: matmul in the step's dtype on all devices at once (each device its own pair).
   n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
@@ -67,13 +73,12 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     return step.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   frozen, num_frozen = {}, 0
-  if lora_rank:  # the library's own LoRA run: adapters on a frozen (random) base
-    run, frozen, state, compile_s = _lora_run(spec, mesh, lora_rank, base_quantization, dtype,
-                                              batch_size, seq_len)
-    abstract, shardings, frozen_shardings = run.abstract_state, run.state_shardings, jax.tree.map(
-        lambda x: x.sharding, run.base_layout.abstract_frozen)
-    transformer, optimizer = run.model, run.optimizer
-    num_frozen = models.count_params(run.base_layout.abstract_base)
+  if lora_rank or fitted:  # the library's own run (LoRA: adapters on a frozen, random base)
+    run, frozen, state, compile_s = _library_run(
+        spec, mesh, lora_rank, base_quantization, dtype, batch_size, seq_len, fitted)
+    abstract = run.abstract_state
+    if lora_rank:
+      num_frozen = models.count_params(run.base_layout.abstract_base)
   else:
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(mesh, abstract, optimizer)
@@ -85,7 +90,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   mask = np.ones_like(tokens, dtype=bool)
   mask[:, : seq_len // 4] = False
   batch = sharding.global_batch(TrainingInput(tokens, mask), mesh)
-  if lora_rank:  # the run's own step, compiled (once) for its memory plan
+  if lora_rank or fitted:  # the run's own step, compiled (once) for its memory plan
     compiled = run.train_fn
   else:
     train = jax.jit(functools.partial(step.train_step, model=transformer, optimizer=optimizer,
@@ -127,48 +132,63 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   }
 
 
-def _lora_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
-              seq_len: int):
-  """(compiled run, frozen base, fresh state, seconds to compile) of a LoRA run of ``spec`` on
-  ``mesh``: float32 adapters, the base in ``dtype`` (and ``quantization``), compute in ``dtype``,
-  AdamW at a constant 1e-4 as the full fine-tuning rows."""
-  from gemma_mt.models import sources  # pylint: disable=import-outside-toplevel
-  from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
+def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
+                 seq_len: int, fitted: tuple[object, float] | None):
+  """(compiled run, frozen base, fresh state, seconds to compile) of the library's run of
+  ``spec`` on ``mesh``: full fine-tuning in ``dtype``, or (``rank`` > 0) float32 LoRA adapters
+  on a base in ``dtype`` (and ``quantization``); compute in ``dtype``; AdamW at a constant 1e-4
+  with the default gradient clipping, as `gemma_mt.train` runs it. ``fitted`` reuses a run
+  compiled already."""
   from gemma_mt.train import frozen_base, loop  # pylint: disable=import-outside-toplevel
 
-  config = config_lib.TrainConfig(
-      model=spec.name, batch_size=batch_size, max_seq_len=seq_len, lora_rank=rank,
-      lora_alpha=2.0 * rank, base_dtype=dtype, compute_dtype=dtype,
-      base_quantization=quantization, max_steps=10, learning_rate=1e-4, lr_schedule='constant',
-      warmup_steps=0, mesh=','.join(f'{axis}:{size}' for axis, size in mesh.shape.items()))
-  run_model = sources.resolve_run_model(spec.name, need_weights=False)
-  start = time.perf_counter()
-  run = loop.compile_run(config, run_model, 10, devices=list(mesh.devices.flat))
-  compile_s = time.perf_counter() - start
-  frozen, _ = frozen_base.load(config, run_model, run.base_layout)
+  if fitted is None:
+    config = _run_config(spec.name, batch_size, seq_len, dtype, rank, quantization,
+                         mesh=','.join(f'{axis}:{size}' for axis, size in mesh.shape.items()))
+    start = time.perf_counter()
+    run = loop.compile_run(config, _run_model(spec.name), 10, devices=list(mesh.devices.flat))
+    fitted = run, time.perf_counter() - start
+  run, compile_s = fitted
+  frozen = frozen_base.load(run.config, run.run_model, run.base_layout)[0] if rank else {}
   state = loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
   return run, frozen, state, compile_s
 
 
-def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int,
-                          dtype: str, lora_rank: int = 0, base_quantization: str = 'none') -> int:
-  """The first of ``batches`` whose compiled step (XLA's memory analysis) fits the device."""
+def _run_config(model: str, batch_size: int, seq_len: int, dtype: str, rank: int,
+                quantization: str, mesh: str = ''):
+  from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  lora = dict(lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=dtype, param_dtype='float32',
+              base_quantization=quantization) if rank else dict(param_dtype=dtype)
+  return config_lib.TrainConfig(
+      model=model, batch_size=batch_size, max_seq_len=seq_len, compute_dtype=dtype,
+      max_steps=10, learning_rate=1e-4, lr_schedule='constant', warmup_steps=0, mesh=mesh,
+      **lora)
+
+
+def _run_model(name: str):
+  from gemma_mt.models import sources  # pylint: disable=import-outside-toplevel
+
+  return sources.resolve_run_model(name, need_weights=False)
+
+
+def largest_fitting_batch(model: str, batches: tuple[int, ...], *, seq_len: int, dtype: str,
+                          lora_rank: int = 0, base_quantization: str = 'none'
+                          ) -> tuple[int, tuple[object, float]]:
+  """The first of ``batches`` whose compiled step (XLA's memory analysis) fits the device, and
+  (its compiled run, seconds to compile it); the last of ``batches`` if none fits."""
   import jax  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, REPO)
-  from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from gemma_mt.train import loop  # pylint: disable=import-outside-toplevel
 
   name = 'gemma-2b' if model == 'gemma-2b-architecture' else model
   for batch_size in batches:
-    lora = dict(lora_rank=lora_rank, base_dtype=dtype, param_dtype='float32',
-                base_quantization=base_quantization) if lora_rank else dict(param_dtype=dtype)
-    config = config_lib.TrainConfig(model=name, batch_size=batch_size, max_seq_len=seq_len,
-                                    compute_dtype=dtype, max_steps=1, **lora)
-    run, _ = loop.plan_memory(config, devices=jax.devices()[:1])
-    if run.memory_plan.fits():
-      return batch_size
-  return batches[-1]
+    config = _run_config(name, batch_size, seq_len, dtype, lora_rank, base_quantization)
+    start = time.perf_counter()
+    run = loop.compile_run(config, _run_model(name), 10, devices=jax.devices()[:1])
+    if run.memory_plan.fits() or batch_size == batches[-1]:
+      return batch_size, (run, time.perf_counter() - start)
+  raise ValueError('no batch sizes given')
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
@@ -212,11 +232,13 @@ def main() -> None:
         ('gemma3-1b', 'Gemma 3 1B architecture', 0, 'none'),
         ('gemma-2b-architecture', 'Gemma 2B architecture, LoRA rank 16', 16, 'none'),
         ('gemma-2b-architecture', 'Gemma 2B architecture, LoRA rank 16, int8 base', 16, 'int8')):
-      batch_size = largest_fitting_batch(model, (32, 16, 8), seq_len=512, dtype='bfloat16',
-                                         lora_rank=lora_rank, base_quantization=quantization)
+      batch_size, fitted = largest_fitting_batch(
+          model, (32, 16, 8), seq_len=512, dtype='bfloat16', lora_rank=lora_rank,
+          base_quantization=quantization)
       row = measure(model=model, devices=0, mesh='', batch_size=batch_size, seq_len=512,
                     steps=5, dtype='bfloat16', lora_rank=lora_rank,
-                    base_quantization=quantization)
+                    base_quantization=quantization, fitted=fitted)
+      del fitted
       print(json.dumps(row))
       _print_rows([row], f'{row["device_kind"]}: {label} ({row["params_m"]:.0f}M trained '
                   f'parameters), sequence 512, batch {batch_size} (the largest of 32/16/8 that '
