@@ -96,10 +96,13 @@ def main() -> None:
   if args.quick:
     args.model, args.batch, args.time_batch, args.seq_len, args.steps = 'tiny', 8, 2, 64, 2
     args.chunks = '0,8'
-  import jax
   from gemma_mt import models
 
-  spec = models.get_model_spec(args.model)
+  try:
+    spec = models.get_model_spec(args.model)
+  except KeyError as e:
+    parser.exit(2, f'error: --model: {e.args[0]}\n')
+  import jax
   chunks = [int(c) for c in args.chunks.split(',')]
   rows = []
   for chunk in chunks:

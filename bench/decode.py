@@ -67,11 +67,21 @@ def main() -> None:
   args = parser.parse_args()
   if args.quick:
     args.sentences, args.batch_size, args.max_new_tokens = 8, 8, 12
+  from gemma_mt import models  # no jax yet: the checks below cost no start-up
+
+  if args.model:
+    try:
+      models.get_model_spec(args.model)
+    except KeyError as e:
+      parser.exit(2, f'error: --model: {e.args[0]}\n')
+  if args.mtnt != str(MTNT_VALID) and not pathlib.Path(args.mtnt).is_file():
+    parser.exit(2, f'error: --mtnt={args.mtnt} is not a file: give an MTNT .tsv file '
+                f'(id, English, French)\n')
 
   import jax
   import jax.numpy as jnp
   from gemma import gm
-  from gemma_mt import inference, models
+  from gemma_mt import inference
   from gemma_mt.data.records import PromptFormat
   from gemma_mt.data.tokenizer import GemmaTokenizer
   from gemma_mt.decoding import PROMPT_BUCKETS, Translator, gemma_text_tokenizer
@@ -114,22 +124,20 @@ def main() -> None:
     rows.append(('Translator', batch_size, 'greedy' if beam_size == 1 else f'beam {beam_size}',
                  translator))
 
-  results = []
-  for label, batch_size, decoding, translate in rows:
-    outputs, seconds = timed(translate, texts)
-    tokens = sum(len(tokenizer.encode(o)) + 1 for o in outputs)
-    results.append((label, batch_size, decoding, len(texts) / seconds, tokens / seconds, seconds))
-  base = results[0][3]
   print(f'## Decoding throughput: {name}, {len(texts)} sentences of {origin}, up to '
         f'{args.max_new_tokens} '
         f'new tokens, {jax.devices()[0].platform.upper()} ({jax.device_count()} device)\n')
   print('| decoder | batch | decoding | sentences/s | generated tokens/s | wall (s) | '
         'sentences/s ÷ Sampler one at a time |')
-  print('|---|---|---|---|---|---|---|')
-  for label, batch_size, decoding, per_s, tokens_per_s, seconds in results:
-    print(f'| {label} | {batch_size} | {decoding} | {per_s:.2f} | {tokens_per_s:.1f} | '
-          f'{seconds:.1f} | {per_s / base:.2f} |')
-
+  print('|---|---|---|---|---|---|---|', flush=True)
+  base = None
+  for label, batch_size, decoding, translate in rows:  # each row printed once measured
+    outputs, seconds = timed(translate, texts)
+    tokens = sum(len(tokenizer.encode(o)) + 1 for o in outputs)
+    per_s = len(texts) / seconds
+    base = base or per_s
+    print(f'| {label} | {batch_size} | {decoding} | {per_s:.2f} | {tokens / seconds:.1f} | '
+          f'{seconds:.1f} | {per_s / base:.2f} |', flush=True)
 
 if __name__ == '__main__':
   main()

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark: one script for a lent GPU machine (an H200: about 6 minutes), whose
-# printout replaces the GPU tables of BENCHMARKS.md. `--cpu` runs the same scripts with tiny shapes
+# The prepared GPU benchmark: one script for a lent GPU machine, whose printout replaces the GPU
+# tables of BENCHMARKS.md. On an H200 (2026-12-04) the training-step part took 400 s with a fourth
+# row since dropped, the loss part about 190 s; decoding is not yet timed there. `--cpu` runs the same scripts with tiny shapes
 # here, in seconds (CI runs it so that it does not rot).
 #
 #   bash bench/gpu_suite.sh          # on the GPU machine (python3 there has jax with CUDA)
 #   bash bench/gpu_suite.sh --cpu    # anywhere: tiny shapes, .venv's python
 #
 # On the GPU: the training step of the Gemma 2B and Gemma 3 1B architectures (random weights,
-# bfloat16, AdamW) at the largest batch of 32/16/8 × 512 whose compiled step fits the device,
-# with MFU against the bfloat16 matmul rate measured in the same run and the published peak;
-# the loss from full logits against --loss_chunk (Gemma 3 1B shape, 32 × 256); decoding
-# throughput (Gemma 3 1B shape, random weights); LoRA rank 16 on the Gemma 2B shape, on a bf16
-# and an int8 base.
+# bfloat16, AdamW) and LoRA rank 16 on the Gemma 2B shape, each at the largest batch of 32/16/8 ×
+# 512 whose compiled step fits the device, with MFU against the bfloat16 matmul rate measured in
+# the same run and the published peak; decoding throughput (Gemma 3 1B shape, random weights, 16
+# MTNT sentences); the loss from full logits against --loss_chunk=32 (Gemma 3 1B shape, 32 × 256).
 #
 # A machine without network or TensorFlow: put the wheels, Gemma 3's tokenizer and MTNT's
 # validation file that BUILD.md ("The GPU benchmark") lists in .whl/ (carried with the working
@@ -34,6 +34,14 @@ if [[ $# -gt 0 ]]; then
 fi
 
 PY=${PYTHON:-python3}
+if ! $PY -c 'import jax' 2>/dev/null; then
+  echo "error: $PY cannot import jax: set PYTHON to a python with jax (CUDA) and flax" >&2
+  exit 2
+fi
+if ! $PY -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
+  echo "error: no GPU seen by $PY's jax: run on the GPU machine, or use --cpu for tiny shapes" >&2
+  exit 2
+fi
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
 if [[ -d .whl ]]; then
@@ -43,17 +51,9 @@ fi
 STAND_INS=
 if ! $PY -c 'import tensorflow' 2>/dev/null; then STAND_INS="$PWD/bench/no_tensorflow:"; fi
 export PYTHONPATH="$SITE/packages:${STAND_INS}$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! $PY -c 'import jax' 2>/dev/null; then
-  echo "error: $PY cannot import jax: set PYTHON to a python with jax (CUDA) and flax" >&2
-  exit 2
-fi
-if ! $PY -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
-  echo "error: no GPU seen by $PY's jax: run on the GPU machine, or use --cpu for tiny shapes" >&2
-  exit 2
-fi
 # Gemma 3's tokenizer (rebuilt from the GGUF package's vocabulary) and MTNT's validation file for
 # the decoding rows, where BUILD.md's steps put them (the machine has neither).
-DECODE=(--model=gemma3-1b --sentences=32 --batch_size=32)
+DECODE=(--model=gemma3-1b --sentences=16 --batch_size=16)
 if [[ -f .whl/gemma3-tokenizer.model ]]; then DECODE+=(--tokenizer=.whl/gemma3-tokenizer.model); fi
 if [[ -f .whl/valid.en-fr.tsv ]]; then DECODE+=(--mtnt=.whl/valid.en-fr.tsv); fi
 # Each part runs even if one before it failed (a lent machine's minutes are few): its status and
@@ -68,6 +68,7 @@ part() {
   (( rc == 0 )) || failed=1
 }
 part $PY bench/step_throughput.py --gpu
-part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 --steps=5
 part $PY bench/decode.py "${DECODE[@]}"
+part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 --steps=5 \
+    --chunks=0,32
 exit "${failed}"

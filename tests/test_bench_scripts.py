@@ -45,3 +45,43 @@ def test_suite_cpu_reads_the_compile_seconds_jax_writes_into_its_cache():
   assert 0 <= suite_cpu._compile_seconds(new[0]) < 60  # pylint: disable=protected-access
   table = suite_cpu._compiled_table(before, before | set(new), 5)  # pylint: disable=protected-access
   assert table.startswith('1 programs compiled') and '| jit_suite_cpu_probe | 1 |' in table
+
+
+def test_tensorflow_stand_ins_serve_gemmas_imports_and_nothing_else():
+  """bench/no_tensorflow (what gpu_suite.sh puts on the path where TensorFlow is missing): a
+  Gemma 3 model is built and gemma's padding (etils' TensorFlow check) runs through the stand-ins,
+  which shadow the real packages here; using TensorFlow through them fails."""
+  script = '''
+import numpy as np
+import tensorflow, tensorflow_datasets
+assert tensorflow.__file__.endswith('bench/no_tensorflow/tensorflow/__init__.py'), tensorflow.__file__
+assert 'no_tensorflow' in tensorflow_datasets.__file__
+from gemma import gm
+from gemma_mt import models
+import kauldron.train, clu.metric_writers  # the imports that name TensorFlow's and TFDS's types
+assert models.get_model_spec('gemma3-270m').transformer_config().num_layers == 18
+import tensorflow.experimental.numpy as tnp  # etils imports it once tensorflow is loaded
+assert not isinstance(np.zeros(2), (tnp.ndarray, tensorflow.Tensor))
+from gemma.gm.data import _functional  # what gm.text.Sampler pads its prompts with
+assert _functional.pad(np.ones(2, np.int32), max_length=4).tolist() == [1, 1, 0, 0]
+try:
+  tensorflow.constant(1.0).numpy()
+except TypeError:
+  print('stand-in only')
+'''
+  env = {**subprocess_env(), 'PYTHONPATH': f'{REPO / "bench" / "no_tensorflow"}:{REPO}'}
+  done = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip() == 'stand-in only'
+
+
+def test_decode_and_chunked_loss_refuse_bad_flags_in_one_line_exit_2():
+  for script, flag, message in (
+      ('decode.py', '--model=gemma9', "error: --model: unknown model 'gemma9'"),
+      ('decode.py', '--mtnt=/nonexistent.tsv', 'error: --mtnt=/nonexistent.tsv is not a file'),
+      ('chunked_loss.py', '--model=gemma9', "error: --model: unknown model 'gemma9'")):
+    done = subprocess.run([sys.executable, f'bench/{script}', flag], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (script, flag, done.stderr)
+    assert done.stderr.startswith(message) and done.stderr.count('\n') == 1, done.stderr
