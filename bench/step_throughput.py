@@ -155,6 +155,7 @@ def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_siz
 
 def _run_config(model: str, batch_size: int, seq_len: int, dtype: str, rank: int,
                 quantization: str, mesh: str = ''):
+  """The TrainConfig of a benchmark row (10 steps; the rate does not change the step's cost)."""
   from gemma_mt.train import config as config_lib  # pylint: disable=import-outside-toplevel
 
   lora = dict(lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=dtype, param_dtype='float32',
@@ -227,6 +228,11 @@ def main() -> None:
     args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
     args.matmul_size = 512
   if args.gpu:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    if jax.default_backend() != 'gpu':
+      parser.exit(2, f'error: --gpu: jax sees no GPU (backend {jax.default_backend()}): run it on '
+                  'a GPU machine, or leave --gpu out for the CPU table\n')
     for model, label, lora_rank, quantization in (
         ('gemma-2b-architecture', 'Gemma 2B architecture', 0, 'none'),
         ('gemma3-1b', 'Gemma 3 1B architecture', 0, 'none'),

@@ -76,11 +76,12 @@ except TypeError:
   assert done.stdout.strip() == 'stand-in only'
 
 
-def test_decode_and_chunked_loss_refuse_bad_flags_in_one_line_exit_2():
+def test_gpu_benchmarks_refuse_bad_flags_in_one_line_exit_2():
   for script, flag, message in (
       ('decode.py', '--model=gemma9', "error: --model: unknown model 'gemma9'"),
       ('decode.py', '--mtnt=/nonexistent.tsv', 'error: --mtnt=/nonexistent.tsv is not a file'),
-      ('chunked_loss.py', '--model=gemma9', "error: --model: unknown model 'gemma9'")):
+      ('chunked_loss.py', '--model=gemma9', "error: --model: unknown model 'gemma9'"),
+      ('step_throughput.py', '--gpu', 'error: --gpu: jax sees no GPU (backend cpu)')):
     done = subprocess.run([sys.executable, f'bench/{script}', flag], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, (script, flag, done.stderr)
