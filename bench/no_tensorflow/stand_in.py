@@ -18,16 +18,18 @@ import types
 from typing import Any
 
 
+def _attribute(owner: str, name: str) -> Any:
+  """``owner.name``'s stand-in; dunder names stay Python's (``__path__``, ``__wrapped__``…)."""
+  if name.startswith('__'):
+    raise AttributeError(name)
+  return stand_in(f'{owner}.{name}')
+
+
 class _StandInType(type):
   """The class of every stand-in: any public attribute is another stand-in class."""
 
   def __getattr__(cls, name: str) -> Any:
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return stand_in(f'{cls.__qualname__}.{name}')
-
-  def __class_getitem__(cls, item: Any) -> Any:  # `tf.data.Dataset[...]` in annotations
-    return cls
+    return _attribute(cls.__qualname__, name)
 
 
 @functools.cache
@@ -36,19 +38,14 @@ def stand_in(qualname: str) -> type:
   return _StandInType(qualname.rsplit('.', 1)[-1], (), {
       '__qualname__': qualname,
       '__module__': __name__,
+      # `tf.data.Dataset[...]` in annotations.
       '__class_getitem__': classmethod(lambda cls, item: cls),
   })
 
 
 def module_getattr(module: str):
   """A module-level ``__getattr__`` that gives ``module.NAME``'s stand-in."""
-
-  def __getattr__(name: str) -> Any:
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return stand_in(f'{module}.{name}')
-
-  return __getattr__
+  return functools.partial(_attribute, module)
 
 
 class _SubmoduleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
