@@ -6,8 +6,9 @@ runs) against gemma's own ``gm.text.Sampler`` called one sentence at a time.
     python bench/decode.py --model=gemma3-1b --tokenizer=T   # a shape with random weights (GPU)
 
 Every row translates the same English sentences (the first ``--sentences`` of the offline MTNT
-file, ``--mtnt``; the demo corpus's with ``--quick`` or where that file is absent) with the same prompt (``English: … / French:``; an answer ends at its first line break, as
-in ``bench/mtnt_quality.py``'s zero-shot rows), cache length and ``--max_new_tokens``. Each row
+file, ``--mtnt``; the demo corpus's with ``--quick`` or where that file is absent) with the same
+prompt (``English: … / French:``; an answer ends at its first line break, as in
+``bench/mtnt_quality.py``'s zero-shot rows), cache length and ``--max_new_tokens``. Each row
 runs twice and the second run is timed, so compilation is not counted. Generated tokens are the
 outputs' tokens plus their end token.
 """

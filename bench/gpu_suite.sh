@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU benchmark: one script for a lent GPU machine, whose printout replaces the GPU
 # tables of BENCHMARKS.md. On an H200 (2026-12-04) the training-step part took 400 s with a fourth
-# row since dropped, the loss part about 190 s; decoding is not yet timed there. `--cpu` runs the same scripts with tiny shapes
-# here, in seconds (CI runs it so that it does not rot).
+# row since dropped, the loss part about 190 s; decoding is not yet timed there. `--cpu` runs the
+# same scripts with tiny shapes here, in seconds (CI runs it so that it does not rot).
 #
 #   bash bench/gpu_suite.sh          # on the GPU machine (python3 there has jax with CUDA)
 #   bash bench/gpu_suite.sh --cpu    # anywhere: tiny shapes, .venv's python
@@ -69,6 +69,6 @@ part() {
 }
 part $PY bench/step_throughput.py --gpu
 part $PY bench/decode.py "${DECODE[@]}"
-part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 --steps=5 \
-    --chunks=0,32
+part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 \
+    --steps=5 --chunks=0,32
 exit "${failed}"

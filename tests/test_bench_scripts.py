@@ -54,7 +54,7 @@ def test_tensorflow_stand_ins_serve_gemmas_imports_and_nothing_else():
   script = '''
 import numpy as np
 import tensorflow, tensorflow_datasets
-assert tensorflow.__file__.endswith('bench/no_tensorflow/tensorflow/__init__.py'), tensorflow.__file__
+assert tensorflow.__file__.endswith('no_tensorflow/tensorflow/__init__.py'), tensorflow.__file__
 assert 'no_tensorflow' in tensorflow_datasets.__file__
 from gemma import gm
 from gemma_mt import models

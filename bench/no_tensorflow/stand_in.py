@@ -53,11 +53,11 @@ class _SubmoduleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
   ``tensorflow.experimental.numpy`` once ``tensorflow`` is in ``sys.modules``)."""
 
   def __init__(self, package: str):
-    self._package = package
+    self.package = package
 
   def find_spec(self, fullname: str, path: Any = None, target: Any = None):
     del path, target
-    if fullname.startswith(self._package + '.'):
+    if fullname.startswith(self.package + '.'):
       return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
     return None
 
@@ -72,6 +72,7 @@ class _SubmoduleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def install(package: str) -> Any:
   """Stand-ins for ``package``'s submodules; returns the package's module-level ``__getattr__``."""
-  if not any(isinstance(f, _SubmoduleFinder) and f._package == package for f in sys.meta_path):  # pylint: disable=protected-access
+  finders = [f for f in sys.meta_path if isinstance(f, _SubmoduleFinder)]
+  if all(f.package != package for f in finders):
     sys.meta_path.append(_SubmoduleFinder(package))
   return module_getattr(package)

@@ -5,5 +5,6 @@ import stand_in
 from tensorboard.util.tensor_util import make_tensor_proto  # pylint: disable=unused-import
 
 __getattr__ = stand_in.install('tensorflow')
-# A dunder name, which module-level __getattr__ leaves to Python: etils reads `tf.__internal__.types`.
+# A dunder name, which the module-level __getattr__ leaves to Python: etils reads
+# `tf.__internal__.types`.
 __internal__ = stand_in.stand_in('tensorflow.__internal__')
