@@ -10,7 +10,8 @@
 # On the GPU: the training step of the Gemma 2B and Gemma 3 1B architectures (random weights,
 # bfloat16, AdamW) and LoRA rank 16 on the Gemma 2B shape, each at the largest batch of 32/16/8 ×
 # 512 whose compiled step fits the device, with MFU against the bfloat16 matmul rate measured in
-# the same run and the published peak; decoding throughput (Gemma 3 1B shape, random weights, 16
+# the same run and the published peak, and where the Gemma 2B step's device time goes (a trace
+# of two steps, bench/step_profile.py; kept in $GPU_SUITE_PROFILE_DIR where set); decoding throughput (Gemma 3 1B shape, random weights, 16
 # MTNT sentences); the loss from full logits against --loss_chunk=32 (Gemma 3 1B shape, 32 × 256).
 #
 # A machine without network or TensorFlow: put the wheels, Gemma 3's tokenizer and MTNT's
@@ -22,7 +23,9 @@ cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--cpu" ]]; then
   PY=.venv/bin/python
-  $PY bench/step_throughput.py --quick
+  PROFILE=$(mktemp -d)
+  trap 'rm -rf "$PROFILE"' EXIT
+  $PY bench/step_throughput.py --quick --profile_dir="$PROFILE"
   $PY bench/step_throughput.py --quick --lora_rank=4 --base_quantization=int8
   $PY bench/chunked_loss.py --quick
   $PY bench/decode.py --quick
@@ -67,7 +70,7 @@ part() {
   echo "== exit ${rc}, $(( SECONDS - start )) s: $*"
   (( rc == 0 )) || failed=1
 }
-part $PY bench/step_throughput.py --gpu
+part $PY bench/step_throughput.py --gpu --profile_dir="${GPU_SUITE_PROFILE_DIR:-$SITE/profile}"
 part $PY bench/decode.py "${DECODE[@]}"
 part $PY bench/chunked_loss.py --model=gemma3-1b --batch=32 --time_batch=32 --seq_len=256 \
     --steps=5 --chunks=0,32

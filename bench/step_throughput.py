@@ -30,10 +30,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: int, steps: int,
             dtype: str, lora_rank: int = 0, base_quantization: str = 'none',
-            matmul_size: int = 0, fitted: tuple[object, float] | None = None
-            ) -> dict[str, float | str]:
+            matmul_size: int = 0, fitted: tuple[object, float] | None = None,
+            profile_dir: str = '') -> dict[str, float | str]:
   """One row. ``fitted``: (compiled run, seconds it took) from `largest_fitting_batch`, whose
-  step is timed instead of compiling another."""
+  step is timed instead of compiling another. ``profile_dir``: after timing, trace two more
+  steps there (`trace_steps`)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
@@ -51,10 +52,13 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   param_dtype = jnp.dtype(dtype)
   mesh = fitted[0].mesh if fitted else sharding.make_mesh(MeshSpec.parse(mesh))
   devices = mesh.size
-  # Peak: matmul in the step's dtype on all devices at once (each device its own pair).
+  # Peak: matmul in the step's dtype on all devices at once (each device its own pair), on
+  # random data as the model's are: on an H200 a bf16 product of constants runs 13% faster.
   n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
-  a = jax.device_put(jnp.ones((devices * n, n), param_dtype), sharding.batch_sharding(mesh))
-  b = jnp.ones((n, n), param_dtype)
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a = jax.device_put(jax.random.normal(key_a, (devices * n, n), param_dtype),
+                     sharding.batch_sharding(mesh))
+  b = jax.random.normal(key_b, (n, n), param_dtype)
   matmul = jax.jit(lambda x, y: x @ y)
   matmul(a, b).block_until_ready()
   reps, start = 10, time.perf_counter()
@@ -113,6 +117,11 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
+  if profile_dir:
+    try:
+      state, metrics = trace_steps(compiled, state, batch, frozen, profile_dir)
+    except Exception as e:  # pylint: disable=broad-except  # the row stands without its profile
+      print(f'profile: not written ({type(e).__name__}: {e})', file=sys.stderr)
   published = perf.peak_tflops(jax.devices()[0].device_kind)
   return {
       'device_kind': jax.devices()[0].device_kind,
@@ -130,6 +139,50 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
                                 if published else float('nan')),
       'loss': float(metrics['train_loss']),
   }
+
+
+PROFILED_STEPS = 2
+
+
+def trace_steps(compiled, state, batch, frozen, profile_dir: str):
+  """Runs `PROFILED_STEPS` steps under `jax.profiler.trace` and leaves in ``profile_dir`` the
+  trace (``step.perfetto_trace.json.gz``, for `step_profile.py`) and the compiled step's HLO
+  (``step_hlo.txt.gz``, where a fusion's contents are). Returns (state, metrics)."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(profile_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(PROFILED_STEPS):
+        state, metrics = compiled(state, batch, frozen)
+      jax.block_until_ready(metrics)
+    # The profiler nests its files by date; copied flat, the trace is easy to fetch.
+    found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
+    shutil.copy(found[0], os.path.join(profile_dir, 'step.perfetto_trace.json.gz'))
+  with gzip.open(os.path.join(profile_dir, 'step_hlo.txt.gz'), 'wt') as f:
+    f.write(compiled.as_text())
+  return state, metrics
+
+
+def _print_profile(profile_dir: str, title: str) -> None:
+  """`step_profile`'s tables of the trace `trace_steps` left in ``profile_dir``; a trace that
+  cannot be read (no profiler on the machine) is one line, and the rows go on."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import step_profile  # pylint: disable=import-outside-toplevel
+
+  try:
+    trace = step_profile.load(os.path.join(profile_dir, 'step.perfetto_trace.json.gz'))
+    hlo = step_profile.load_hlo(os.path.join(profile_dir, 'step_hlo.txt.gz'))
+    print()
+    step_profile.print_summary(trace, PROFILED_STEPS, title, hlo)
+    print()
+  except (OSError, ValueError) as e:
+    print(f'profile: no tables ({e})')
 
 
 def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
@@ -223,6 +276,9 @@ def main() -> None:
   parser.add_argument('--lora_rank', type=int, default=0,
                       help='LoRA adapters of this rank on a frozen base (the rows of --gpu: 16)')
   parser.add_argument('--base_quantization', default='none', help='none, int8 or int4')
+  parser.add_argument('--profile_dir', default='',
+                      help='trace two more steps of the first row into this folder and print '
+                      'where their device time goes (bench/step_profile.py)')
   args = parser.parse_args()
   if args.quick:  # a smaller matmul too: at 2048 it takes 10 s on 8 CPU devices
     args.model, args.seq_len, args.batch_size, args.steps = 'tiny', 32, 16, 2
@@ -241,9 +297,10 @@ def main() -> None:
       batch_size, fitted = largest_fitting_batch(
           model, (32, 16, 8), seq_len=512, dtype='bfloat16', lora_rank=lora_rank,
           base_quantization=quantization)
+      profile_dir = args.profile_dir if model == 'gemma-2b-architecture' and not lora_rank else ''
       row = measure(model=model, devices=0, mesh='', batch_size=batch_size, seq_len=512,
                     steps=5, dtype='bfloat16', lora_rank=lora_rank,
-                    base_quantization=quantization, fitted=fitted)
+                    base_quantization=quantization, fitted=fitted, profile_dir=profile_dir)
       del fitted
       row['row_s'] = time.perf_counter() - row_start
       print(json.dumps(row))
@@ -251,13 +308,16 @@ def main() -> None:
                   f'parameters), sequence 512, batch {batch_size} (the largest of 32/16/8 that '
                   f'fits), bfloat16, AdamW; compile {row["compile_s"]:.0f} s of the row\'s '
                   f'{row["row_s"]:.0f} s')
+      if profile_dir:
+        _print_profile(profile_dir, f'{row["device_kind"]}: {label}, batch {batch_size} × 512: '
+                       'where a step\'s device time goes')
     return
   if args.devices:
     print(json.dumps(measure(model=args.model, devices=args.devices, mesh=args.mesh,
                              batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                              dtype=args.dtype, lora_rank=args.lora_rank,
                              base_quantization=args.base_quantization,
-                             matmul_size=args.matmul_size)))
+                             matmul_size=args.matmul_size, profile_dir=args.profile_dir)))
     return
   rows = []
   for devices, mesh in ((1, 'data:1'), (8, 'data:8'), (8, 'fsdp:8')):
@@ -266,13 +326,17 @@ def main() -> None:
          f'--model={args.model}', f'--seq_len={args.seq_len}', f'--dtype={args.dtype}',
          f'--batch_size={args.batch_size}', f'--steps={args.steps}',
          f'--lora_rank={args.lora_rank}', f'--base_quantization={args.base_quantization}',
-         f'--matmul_size={args.matmul_size}'],
+         f'--matmul_size={args.matmul_size}',
+         f'--profile_dir={args.profile_dir if devices == 1 else ""}'],
         capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   lora = (f', LoRA rank {args.lora_rank} ({args.base_quantization} base)'
           if args.lora_rank else '')
   _print_rows(rows, f'model {args.model} ({rows[0]["params_m"]:.1f}M trained parameters'
               f'{lora}), sequence {args.seq_len}, batch {args.batch_size}, {args.dtype}, AdamW')
+  if args.profile_dir:
+    _print_profile(args.profile_dir, f'model {args.model}, 1 device: where a step\'s device '
+                   'time goes')
 
 
 if __name__ == '__main__':
