@@ -86,13 +86,26 @@ def kind_of(kernel: str, hlo_op: str, hlo: dict[str, dict[str, object]] | None =
   return next((kind for kind, pattern in kinds if pattern.search(label)), 'other')
 
 
+def instruction_of(kernel: str, hlo_op: str, hlo: dict[str, dict[str, object]] | None) -> str:
+  """The HLO instruction an op event ran. On a GPU, XLA's command buffers (CUDA graphs) name
+  the buffer as ``hlo_op``, and the kernel is named after its fusion with ``_`` for ``.``
+  (``loop_add_fusion_274`` for ``loop_add_fusion.274``); library kernels (cuBLAS's) keep the
+  buffer's name, not in the HLO."""
+  if not hlo or hlo_op in hlo:
+    return hlo_op
+  for name in (kernel, re.sub(r'_(\d+)$', r'.\1', kernel)):
+    if name in hlo:
+      return name
+  return hlo_op
+
+
 def source_of(hlo_op: str, hlo: dict[str, dict[str, object]] | None) -> str:
   """The model code an op came from: its ``op_name`` without the jit/jvp wrappers, with
   ``backward:`` for the transposed (gradient) half and layer numbers folded to N."""
   if not hlo:
     return '(no HLO given)'
   if hlo_op not in hlo:
-    return '(not in the HLO)'
+    return '(a library kernel in a command buffer: no HLO name)'
   op_name = str(hlo[hlo_op]['op_name'])
   if not op_name:
     return '(no op_name in the HLO)'
@@ -120,7 +133,8 @@ def summarize(trace: dict, steps: int, hlo: dict[str, dict[str, object]] | None 
   """(kind rows, source rows, top op rows, totals) of the module with the most op time.
 
   Kind rows: (kind, ms per step, share of op time, ops per step); source rows: (source, ms per
-  step, share, matmul share of it); top rows: (hlo op, source, kind, ms per step, share);
+  step, share, matmul share of it); top rows: (hlo op, or the kernel where it has no HLO name;
+  source, kind, ms per step, share);
   totals: op and wall milliseconds per step (wall: first op start to last op end, over
   ``steps``). ``hlo``: `parse_hlo` of the module, for kinds and sources."""
   ops = device_ops(trace)
@@ -137,7 +151,7 @@ def summarize(trace: dict, steps: int, hlo: dict[str, dict[str, object]] | None 
   sources: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
   per_op: dict[tuple[str, str], float] = collections.Counter()
   for e in ops:
-    op = e['args']['hlo_op']
+    op = instruction_of(e['name'], e['args']['hlo_op'], hlo)
     kind = kind_of(e['name'], op, hlo)
     kinds[kind][0] += e['dur']
     kinds[kind][1] += 1
@@ -150,7 +164,8 @@ def summarize(trace: dict, steps: int, hlo: dict[str, dict[str, object]] | None 
   source_rows = sorted(((source, us / 1e3 / steps, us / total, matmul_us / us)
                         for source, (us, matmul_us) in sources.items()),
                        key=lambda r: -r[1])[:15]
-  top_rows = [(op, source_of(op, hlo), kind_of(kernel, op, hlo), us / 1e3 / steps, us / total)
+  top_rows = [(op if hlo and op in hlo else kernel, source_of(op, hlo),
+               kind_of(kernel, op, hlo), us / 1e3 / steps, us / total)
               for (op, kernel), us in per_op.most_common(12)]
   return kind_rows, source_rows, top_rows, {'module': module, 'op_ms': total / 1e3 / steps,
                                             'wall_ms': wall / 1e3 / steps}
@@ -174,7 +189,7 @@ def print_summary(trace: dict, steps: int, title: str,
   for source, ms, share, matmul in source_rows:
     print(f'| {source} | {ms:.1f} | {share:.2f} | {matmul:.2f} |')
   print()
-  print('| hlo op | source | kind | ms per step | share |')
+  print('| hlo op (or kernel) | source | kind | ms per step | share |')
   print('|---|---|---|---|---|')
   for op, source, kind, ms, share in top_rows:
     print(f'| {op} | {source} | {kind} | {ms:.2f} | {share:.3f} |')

@@ -55,6 +55,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   # Peak: matmul in the step's dtype on all devices at once (each device its own pair), on
   # random data as the model's are: on an H200 a bf16 product of constants runs 13% faster.
   n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
+  matmul_start = time.perf_counter()
   key_a, key_b = jax.random.split(jax.random.key(0))
   a = jax.device_put(jax.random.normal(key_a, (devices * n, n), param_dtype),
                      sharding.batch_sharding(mesh))
@@ -66,6 +67,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     out = matmul(a, b)
   out.block_until_ready()
   peak_flops = 2 * devices * n**3 * reps / (time.perf_counter() - start)
+  matmul_s = time.perf_counter() - matmul_start
 
   spec = models.get_model_spec('gemma-2b' if model == 'gemma-2b-architecture' else model)
   shape = spec.transformer_config()
@@ -78,7 +80,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
 
   frozen, num_frozen = {}, 0
   if lora_rank or fitted:  # the library's own run (LoRA: adapters on a frozen, random base)
-    run, frozen, state, compile_s = _library_run(
+    run, frozen, state, compile_s, state_s = _library_run(
         spec, mesh, lora_rank, base_quantization, dtype, batch_size, seq_len, fitted)
     abstract = run.abstract_state
     if lora_rank:
@@ -86,7 +88,9 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   else:
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(mesh, abstract, optimizer)
-    state = jax.jit(init, out_shardings=shardings)()
+    start = time.perf_counter()
+    state = jax.block_until_ready(jax.jit(init, out_shardings=shardings)())
+    state_s = time.perf_counter() - start
     frozen_shardings = {}
   rng = np.random.RandomState(0)
   tokens = rng.randint(4, shape.num_embed, size=(batch_size, seq_len)).astype(np.int32)
@@ -109,6 +113,7 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
       num_heads=shape.num_heads, head_dim=shape.head_dim, batch_size=batch_size, seq_len=seq_len,
       num_frozen_params=num_frozen)
   xla_flops = (perf.compiled_flops(compiled) or float('nan')) * devices
+  steps_start = time.perf_counter()
   for _ in range(2):
     state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
@@ -117,11 +122,13 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
     state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
+  steps_s, profile_start = time.perf_counter() - steps_start, time.perf_counter()
   if profile_dir:
     try:
       state, metrics = trace_steps(compiled, state, batch, frozen, profile_dir)
     except Exception as e:  # pylint: disable=broad-except  # the row stands without its profile
       print(f'profile: not written ({type(e).__name__}: {e})', file=sys.stderr)
+  profile_s = time.perf_counter() - profile_start
   published = perf.peak_tflops(jax.devices()[0].device_kind)
   return {
       'device_kind': jax.devices()[0].device_kind,
@@ -129,6 +136,13 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
       'mesh': ','.join(f'{k}:{v}' for k, v in mesh.shape.items() if v > 1) or 'data:1',
       'params_m': models.count_params(abstract.params) / 1e6,
       'compile_s': compile_s,
+      # Where the row's seconds went, beside compile_s: the peak's matmul, making the weights
+      # and optimizer state, the warm-up and timed steps, the traced steps (trace and HLO
+      # written).
+      'matmul_s': matmul_s,
+      'state_s': state_s,
+      'steps_s': steps_s,
+      'profile_s': profile_s,
       'step_time_s': step_time,
       'tokens_per_s': batch_size * seq_len / step_time,
       'model_tflops_per_s': total_flops / step_time / 1e12,
@@ -187,11 +201,14 @@ def _print_profile(profile_dir: str, title: str) -> None:
 
 def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_size: int,
                  seq_len: int, fitted: tuple[object, float] | None):
-  """(compiled run, frozen base, fresh state, seconds to compile) of the library's run of
+  """(compiled run, frozen base, fresh state, seconds to compile, seconds to make the weights
+  and state) of the library's run of
   ``spec`` on ``mesh``: full fine-tuning in ``dtype``, or (``rank`` > 0) float32 LoRA adapters
   on a base in ``dtype`` (and ``quantization``); compute in ``dtype``; AdamW at a constant 1e-4
   with the default gradient clipping, as `gemma_mt.train` runs it. ``fitted`` reuses a run
   compiled already."""
+  import jax  # pylint: disable=import-outside-toplevel
+
   from gemma_mt.train import frozen_base, loop  # pylint: disable=import-outside-toplevel
 
   if fitted is None:
@@ -201,9 +218,11 @@ def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_siz
     run = loop.compile_run(config, _run_model(spec.name), 10, devices=list(mesh.devices.flat))
     fitted = run, time.perf_counter() - start
   run, compile_s = fitted
+  start = time.perf_counter()
   frozen = frozen_base.load(run.config, run.run_model, run.base_layout)[0] if rank else {}
   state = loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
-  return run, frozen, state, compile_s
+  jax.block_until_ready((frozen, state))
+  return run, frozen, state, compile_s, time.perf_counter() - start
 
 
 def _run_config(model: str, batch_size: int, seq_len: int, dtype: str, rank: int,

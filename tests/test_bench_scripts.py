@@ -81,8 +81,52 @@ def test_gpu_benchmarks_refuse_bad_flags_in_one_line_exit_2():
       ('decode.py', '--model=gemma9', "error: --model: unknown model 'gemma9'"),
       ('decode.py', '--mtnt=/nonexistent.tsv', 'error: --mtnt=/nonexistent.tsv is not a file'),
       ('chunked_loss.py', '--model=gemma9', "error: --model: unknown model 'gemma9'"),
-      ('step_throughput.py', '--gpu', 'error: --gpu: jax sees no GPU (backend cpu)')):
+      ('step_throughput.py', '--gpu', 'error: --gpu: jax sees no GPU (backend cpu)'),
+      ('step_profile.py', '/nonexistent.json.gz', 'error: /nonexistent.json.gz: not a readable')):
     done = subprocess.run([sys.executable, f'bench/{script}', flag], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, (script, flag, done.stderr)
     assert done.stderr.startswith(message) and done.stderr.count('\n') == 1, done.stderr
+
+
+def test_step_profile_sums_a_traced_steps_ops_by_kind_and_model_code(tmp_path):
+  """bench/step_profile.py on a real trace of a jitted function on this CPU: its matrix
+  product is found (through the HLO, inside whatever fusion XLA made) and named after the code
+  that made it; GPU kernels named after their fusion map back to it."""
+  import importlib.util
+
+  import jax
+  import jax.numpy as jnp
+
+  spec = importlib.util.spec_from_file_location('step_profile', REPO / 'bench' / 'step_profile.py')
+  step_profile = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(step_profile)
+
+  def layer(x, w):
+    with jax.named_scope('projection'):
+      y = x @ w
+    return y, jnp.sum(jnp.tanh(y) * 2.0, axis=0)  # y an output: its own op, not fused away
+
+  x, w = jnp.ones((256, 512)) * 0.01, jnp.ones((512, 384)) * 0.02
+  compiled = jax.jit(layer).lower(x, w).compile()
+  jax.block_until_ready(compiled(x, w))
+  with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+    for _ in range(2):
+      jax.block_until_ready(compiled(x, w))
+  trace = step_profile.load(str(next(tmp_path.rglob('perfetto_trace.json.gz'))))
+  hlo = step_profile.parse_hlo(compiled.as_text())
+  kinds, sources, top, totals = step_profile.summarize(trace, 2, hlo)
+  assert totals['module'] == 'jit_layer' and totals['op_ms'] > 0
+  kind_ms = {kind: ms for kind, ms, _, _ in kinds}
+  assert kind_ms.get('matmul', 0) > 0, kinds
+  assert abs(sum(share for _, _, share, _ in kinds) - 1) < 1e-6
+  matmul_sources = [source for source, _, _, matmul in sources if matmul > 0]
+  assert any('projection/dot_general' in source for source in matmul_sources), sources
+  assert all(source.startswith('forward: ') for source, *_ in sources), sources
+  # A GPU kernel is named after its fusion with '_' for '.'; a library kernel keeps no name.
+  fusions = {'loop_add_fusion.274': {'opcode': 'fusion', 'op_name': 'jit(f)/add', 'matmul': False}}
+  assert step_profile.instruction_of('loop_add_fusion_274', 'command_buffer_1',
+                                     fusions) == 'loop_add_fusion.274'
+  assert step_profile.instruction_of('nvjet_sm90_tst_256x128', 'command_buffer_1',
+                                     fusions) == 'command_buffer_1'
+  assert step_profile.kind_of('nvjet_sm90_tst_256x128', 'command_buffer_1', fusions) == 'matmul'
