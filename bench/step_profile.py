@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/step_profile.py DIR/step.perfetto_trace.json.gz \
         --hlo=DIR/step_hlo.txt.gz --steps=2
+    .venv/bin/python bench/step_profile.py --quick   # traces a small function here
 
 `step_throughput.py --profile_dir=DIR` writes such a trace of its first row's steps and the
 compiled step's HLO beside it. The ops of the traced XLA module with the most device time are
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import gzip
 import json
+import os
 import re
 from typing import Iterable
 
@@ -209,13 +212,48 @@ def load_hlo(path: str) -> dict[str, dict[str, object]]:
     return parse_hlo(f.read())
 
 
+def small_trace() -> tuple[dict, dict[str, dict[str, object]]]:
+  """(trace, `parse_hlo` of its module) of two calls of a small jitted function on this
+  machine: a matrix product under ``named_scope('projection')`` and a tanh after it."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def layer(x, w):
+    with jax.named_scope('projection'):
+      y = x @ w
+    return y, jnp.sum(jnp.tanh(y) * 2.0, axis=0)  # y an output: its own op, not fused away
+
+  x, w = jnp.full((512, 1024), 0.01), jnp.full((1024, 768), 0.02)
+  compiled = jax.jit(layer).lower(x, w).compile()
+  jax.block_until_ready(compiled(x, w))
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(2):
+        jax.block_until_ready(compiled(x, w))
+    found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
+    return load(found[0]), parse_hlo(compiled.as_text())
+
+
 def main(argv: Iterable[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('trace', help='a perfetto_trace.json(.gz) written by jax.profiler')
+  parser.add_argument('trace', nargs='?', default='',
+                      help='a perfetto_trace.json(.gz) written by jax.profiler')
   parser.add_argument('--hlo', default='', help="the step's HLO text (step_hlo.txt.gz): "
                       'kinds and sources from it')
   parser.add_argument('--steps', type=int, default=2, help='steps the trace holds')
+  parser.add_argument('--quick', action='store_true',
+                      help='trace a small function here and read that instead (seconds)')
   args = parser.parse_args(argv)
+  if args.quick:  # the reader exercised end to end, in seconds
+    trace, hlo = small_trace()
+    print_summary(trace, 2, 'Device time of one call: a 512 × 1024 × 768 product and a tanh '
+                  '(--quick)', hlo)
+    return
+  if not args.trace:
+    parser.exit(2, 'error: give a trace (the step.perfetto_trace.json.gz that '
+                'step_throughput.py --profile_dir wrote), or --quick\n')
   try:
     trace = load(args.trace)
   except (OSError, ValueError) as e:
