@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU benchmark: one script for a lent GPU machine, whose printout replaces the GPU
-# tables of BENCHMARKS.md. On an H200 (2026-12-04) the training-step part took 400 s with a fourth
-# row since dropped, the loss part about 190 s; decoding is not yet timed there. `--cpu` runs the
-# same scripts with tiny shapes here, in seconds (CI runs it so that it does not rot).
+# tables of BENCHMARKS.md. On an H200 (2026-12-04) it takes about 14 minutes, not yet its 8: the
+# training-step part 398 s, decoding over 250 s (mostly compiling), the loss part about 190 s.
+# `--cpu` runs the same scripts with tiny shapes here, in seconds (CI runs it so that it does not
+# rot).
 #
 #   bash bench/gpu_suite.sh          # on the GPU machine (python3 there has jax with CUDA)
 #   bash bench/gpu_suite.sh --cpu    # anywhere: tiny shapes, .venv's python
@@ -11,8 +12,9 @@
 # bfloat16, AdamW) and LoRA rank 16 on the Gemma 2B shape, each at the largest batch of 32/16/8 ×
 # 512 whose compiled step fits the device, with MFU against the bfloat16 matmul rate measured in
 # the same run and the published peak, and where the Gemma 2B step's device time goes (a trace
-# of two steps, bench/step_profile.py; kept in $GPU_SUITE_PROFILE_DIR where set); decoding throughput (Gemma 3 1B shape, random weights, 16
-# MTNT sentences); the loss from full logits against --loss_chunk=32 (Gemma 3 1B shape, 32 × 256).
+# of two steps, bench/step_profile.py; kept in $GPU_SUITE_PROFILE_DIR where set); decoding
+# throughput (Gemma 3 1B shape, random weights, 16 MTNT sentences); the loss from full logits
+# against --loss_chunk=32 (Gemma 3 1B shape, 32 × 256).
 #
 # A machine without network or TensorFlow: put the wheels, Gemma 3's tokenizer and MTNT's
 # validation file that BUILD.md ("The GPU benchmark") lists in .whl/ (carried with the working
