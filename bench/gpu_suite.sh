@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU benchmark: one script for a lent GPU machine, whose printout replaces the GPU
-# tables of BENCHMARKS.md. On an H200 (2026-12-04) it takes about 14 minutes, not yet its 8: the
-# training-step part 398 s, decoding over 250 s (mostly compiling), the loss part about 190 s.
+# tables of BENCHMARKS.md. On an H200 (2026-12-04, b56de86) it took about 14 minutes, not its 8:
+# the training-step part 398 s, decoding over 250 s (mostly compiling), the loss part about
+# 190 s. Since then decoding runs 3 of its 5 rows and the step rows draw their weights in one
+# program (step_throughput's _random_like), to compile less; not yet timed there.
 # `--cpu` runs the same scripts with tiny shapes here, in seconds (CI runs it so that it does not
 # rot).
 #
@@ -13,7 +15,8 @@
 # 512 whose compiled step fits the device, with MFU against the bfloat16 matmul rate measured in
 # the same run and the published peak, and where the Gemma 2B step's device time goes (a trace
 # of two steps, bench/step_profile.py; kept in $GPU_SUITE_PROFILE_DIR where set); decoding
-# throughput (Gemma 3 1B shape, random weights, 16 MTNT sentences); the loss from full logits
+# throughput (Gemma 3 1B shape, random weights, 16 MTNT sentences; gemma's Sampler one at a time
+# against the Translator's batched greedy and beam rows); the loss from full logits
 # against --loss_chunk=32 (Gemma 3 1B shape, 32 × 256).
 #
 # A machine without network or TensorFlow: put the wheels, Gemma 3's tokenizer and MTNT's
@@ -30,7 +33,7 @@ if [[ "${1:-}" == "--cpu" ]]; then
   $PY bench/step_throughput.py --quick --profile_dir="$PROFILE"
   $PY bench/step_throughput.py --quick --lora_rank=4 --base_quantization=int8
   $PY bench/chunked_loss.py --quick
-  $PY bench/decode.py --quick
+  $PY bench/decode.py --quick --batched_only
   exit 0
 fi
 if [[ $# -gt 0 ]]; then
@@ -58,7 +61,7 @@ if ! $PY -c 'import tensorflow' 2>/dev/null; then STAND_INS="$PWD/bench/no_tenso
 export PYTHONPATH="$SITE/packages:${STAND_INS}$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Gemma 3's tokenizer (rebuilt from the GGUF package's vocabulary) and MTNT's validation file for
 # the decoding rows, where BUILD.md's steps put them (the machine has neither).
-DECODE=(--model=gemma3-1b --sentences=16 --batch_size=16)
+DECODE=(--model=gemma3-1b --sentences=16 --batch_size=16 --batched_only)
 if [[ -f .whl/gemma3-tokenizer.model ]]; then DECODE+=(--tokenizer=.whl/gemma3-tokenizer.model); fi
 if [[ -f .whl/valid.en-fr.tsv ]]; then DECODE+=(--mtnt=.whl/valid.en-fr.tsv); fi
 # Each part runs even if one before it failed (a lent machine's minutes are few): its status and

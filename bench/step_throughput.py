@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 'gemma-2b-architecture' is the registry's gemma-2b (the tutorial's model) with random weights.
@@ -40,7 +42,6 @@ def measure(*, model: str, devices: int, mesh: str, batch_size: int, seq_len: in
   if devices:  # CPU rows: simulate this many devices (0: the accelerators as they are)
     jax.config.update('jax_num_cpu_devices', devices)
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, REPO)
@@ -206,7 +207,8 @@ def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_siz
   ``spec`` on ``mesh``: full fine-tuning in ``dtype``, or (``rank`` > 0) float32 LoRA adapters
   on a base in ``dtype`` (and ``quantization``); compute in ``dtype``; AdamW at a constant 1e-4
   with the default gradient clipping, as `gemma_mt.train` runs it. ``fitted`` reuses a run
-  compiled already."""
+  compiled already. Weights (adapters too) are `_random_like`'s; a quantized base, the
+  library's own."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from gemma_mt.train import frozen_base, loop  # pylint: disable=import-outside-toplevel
@@ -219,10 +221,38 @@ def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_siz
     fitted = run, time.perf_counter() - start
   run, compile_s = fitted
   start = time.perf_counter()
-  frozen = frozen_base.load(run.config, run.run_model, run.base_layout)[0] if rank else {}
-  state = loop._fresh_state(run, lambda: None)  # pylint: disable=protected-access
+  if rank and quantization != 'none':  # the library quantizes its random base
+    frozen = frozen_base.load(run.config, run.run_model, run.base_layout)[0]
+  elif rank:
+    frozen = _random_like(run.base_layout.abstract_base,
+                          jax.tree.map(lambda x: x.sharding, run.base_layout.abstract_base))
+  else:
+    frozen = {}
+  params = _random_like(run.abstract_state.params, run.state_shardings.params)
+  state = jax.jit(functools.partial(loop._state_of, run.optimizer),  # pylint: disable=protected-access
+                  out_shardings=run.state_shardings)(params)
   jax.block_until_ready((frozen, state))
   return run, frozen, state, compile_s, time.perf_counter() - start
+
+
+def _random_like(abstract, shardings):
+  """Normal(0, 0.02) arrays of ``abstract``'s shapes and dtypes, placed by ``shardings``: one
+  draw of all their elements, cut into the leaves. The model's own initialization
+  (``models.init_params``) draws each leaf apart, and XLA compiles one random-number program a
+  leaf: on CPU 14.3 s for Gemma 3 1B's 288 leaves and 7.9 s for Gemma 2B's, against 3.0 and 1.3
+  s for this. A step's time does not depend on the weights' values."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  leaves, treedef = jax.tree.flatten(abstract)
+  ends = np.cumsum([x.size for x in leaves])
+
+  def fill(key):
+    flat = 0.02 * jax.random.normal(key, (int(ends[-1]),), jnp.float32)
+    return treedef.unflatten([flat[end - x.size:end].reshape(x.shape).astype(x.dtype)
+                              for end, x in zip(ends, leaves)])
+
+  return jax.jit(fill, out_shardings=shardings)(jax.random.key(0))
 
 
 def _run_config(model: str, batch_size: int, seq_len: int, dtype: str, rank: int,
