@@ -229,7 +229,8 @@ def _library_run(spec, mesh, rank: int, quantization: str, dtype: str, batch_siz
   else:
     frozen = {}
   params = _random_like(run.abstract_state.params, run.state_shardings.params)
-  state = jax.jit(functools.partial(loop._state_of, run.optimizer),  # pylint: disable=protected-access
+  state_of = loop._state_of  # pylint: disable=protected-access
+  state = jax.jit(functools.partial(state_of, run.optimizer),
                   out_shardings=run.state_shardings)(params)
   jax.block_until_ready((frozen, state))
   return run, frozen, state, compile_s, time.perf_counter() - start
