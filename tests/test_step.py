@@ -62,6 +62,28 @@ def test_loss_is_the_mean_over_every_target_token_of_the_batch(tiny):
   np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
 
 
+def test_accuracy_counts_target_tokens_whose_logit_is_the_largest():
+  """``num_correct``: the target tokens that the logits before them rank first (what an argmax
+  picks), masked ones and the last position's never counted."""
+  rng = np.random.RandomState(0)
+  logits = rng.normal(size=(3, 10, 40)).astype(np.float32)
+  tokens = rng.randint(4, 40, size=(3, 10)).astype(np.int32)
+  mask = rng.rand(3, 10) < 0.6
+  made_first = rng.rand(3, 10) < 0.5  # half the positions: the next token ranked first
+  for r in range(3):
+    for t in range(1, 10):
+      if made_first[r, t]:
+        logits[r, t - 1, tokens[r, t]] = logits[r, t - 1].max() + 1.0
+  logits[:, -1, :] = 0.0
+  logits[:, -1, 0] = 5.0  # the last position ranks token 0 first: it predicts nothing
+  expected = sum(bool(mask[r, t]) and logits[r, t - 1].argmax() == tokens[r, t]
+                 for r in range(3) for t in range(1, 10))
+  assert expected > 3
+  sums = step_lib.loss_sums(jnp.asarray(logits), TrainingInput(tokens, mask))
+  assert float(sums.num_correct) == expected
+  assert float(sums.num_tokens) == mask[:, 1:].sum()
+
+
 def test_every_row_counts_and_padding_rows_weigh_nothing(tiny):
   model, params = tiny
   batch = _batch()
