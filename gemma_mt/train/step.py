@@ -101,11 +101,11 @@ def chunked_loss_sums(hidden: jax.Array, embedding: jax.Array, softcap: float | 
   instead of keeping them: the full ``[B, L, V]`` logits never exist.
   """
   batch_size, length = batch.input_tokens.shape
-  steps = -(-(length - 1) // chunk)
-  pad = steps * chunk - (length - 1)
+  steps = -(-length // chunk)
+  pad = steps * chunk - length
 
   def chunks(x: jax.Array) -> jax.Array:
-    """``[B, L - 1, ...]`` → ``[steps, B, chunk, ...]``, the tail padded (with zero weight)."""
+    """``[B, L, ...]`` → ``[steps, B, chunk, ...]``, the tail padded (with zero weight)."""
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jnp.swapaxes(x.reshape((batch_size, steps, chunk) + x.shape[2:]), 0, 1)
 
@@ -120,9 +120,8 @@ def chunked_loss_sums(hidden: jax.Array, embedding: jax.Array, softcap: float | 
     return LossSums(*(total + part for total, part in zip(carry, sums))), None
 
   zeros = LossSums(*(jnp.zeros((), jnp.float32),) * 3)
-  sums, _ = jax.lax.scan(chunk_sums, zeros, (
-      chunks(hidden[:, :-1]), chunks(batch.input_tokens[:, 1:]),
-      chunks(batch.target_mask[:, 1:].astype(jnp.float32))))
+  labels, weights = _shifted_targets(batch)
+  sums, _ = jax.lax.scan(chunk_sums, zeros, (chunks(hidden), chunks(labels), chunks(weights)))
   return sums
 
 
