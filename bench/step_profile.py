@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import gzip
 import json
 import os
 import re
-from typing import Iterable
+import shutil
+import tempfile
+from typing import Iterable, Iterator
 
 # Matched against "kernel name / hlo op", in this order; the first match is the kind.
 KINDS = (
@@ -198,25 +201,39 @@ def print_summary(trace: dict, steps: int, title: str,
     print(f'| {op} | {source} | {kind} | {ms:.2f} | {share:.3f} |')
 
 
+def _read_text(path: str) -> str:
+  """A text file's contents, gunzipped where the name ends in .gz."""
+  with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
+    return f.read()
+
+
 def load(path: str) -> dict:
   """A perfetto trace (JSON, gzipped where the name ends in .gz)."""
-  opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rt') as f:
-    return json.load(f)
+  return json.loads(_read_text(path))
 
 
 def load_hlo(path: str) -> dict[str, dict[str, object]]:
   """`parse_hlo` of an HLO text file (gzipped where the name ends in .gz)."""
-  opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rt') as f:
-    return parse_hlo(f.read())
+  return parse_hlo(_read_text(path))
+
+
+@contextlib.contextmanager
+def perfetto_trace(destination: str) -> Iterator[None]:
+  """Traces the block with `jax.profiler.trace` and copies its perfetto trace (JSON, gzipped)
+  to ``destination``: the profiler nests its files in dated folders; copied, the trace is one
+  file to fetch or `load`."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      yield
+    found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
+    shutil.copy(found[0], destination)
 
 
 def small_trace() -> tuple[dict, dict[str, dict[str, object]]]:
   """(trace, `parse_hlo` of its module) of two calls of a small jitted function on this
   machine: a matrix product under ``named_scope('projection')`` and a tanh after it."""
-  import tempfile  # pylint: disable=import-outside-toplevel
-
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -229,11 +246,11 @@ def small_trace() -> tuple[dict, dict[str, dict[str, object]]]:
   compiled = jax.jit(layer).lower(x, w).compile()
   jax.block_until_ready(compiled(x, w))
   with tempfile.TemporaryDirectory() as tmp:
-    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+    path = os.path.join(tmp, 'trace.json.gz')
+    with perfetto_trace(path):
       for _ in range(2):
         jax.block_until_ready(compiled(x, w))
-    found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
-    return load(found[0]), parse_hlo(compiled.as_text())
+    return load(path), parse_hlo(compiled.as_text())
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -160,36 +160,36 @@ PROFILED_STEPS = 2
 
 
 def trace_steps(compiled, state, batch, frozen, profile_dir: str):
-  """Runs `PROFILED_STEPS` steps under `jax.profiler.trace` and leaves in ``profile_dir`` the
-  trace (``step.perfetto_trace.json.gz``, for `step_profile.py`) and the compiled step's HLO
+  """Runs `PROFILED_STEPS` steps under the profiler and leaves in ``profile_dir`` their trace
+  (``step.perfetto_trace.json.gz``, for `step_profile.py`) and the compiled step's HLO
   (``step_hlo.txt.gz``, where a fusion's contents are). Returns (state, metrics)."""
   import gzip  # pylint: disable=import-outside-toplevel
-  import glob  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
 
+  step_profile = _step_profile()
   os.makedirs(profile_dir, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:
-    with jax.profiler.trace(tmp, create_perfetto_trace=True):
-      for _ in range(PROFILED_STEPS):
-        state, metrics = compiled(state, batch, frozen)
-      jax.block_until_ready(metrics)
-    # The profiler nests its files by date; copied flat, the trace is easy to fetch.
-    found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
-    shutil.copy(found[0], os.path.join(profile_dir, 'step.perfetto_trace.json.gz'))
+  with step_profile.perfetto_trace(os.path.join(profile_dir, 'step.perfetto_trace.json.gz')):
+    for _ in range(PROFILED_STEPS):
+      state, metrics = compiled(state, batch, frozen)
+    jax.block_until_ready(metrics)
   with gzip.open(os.path.join(profile_dir, 'step_hlo.txt.gz'), 'wt') as f:
     f.write(compiled.as_text())
   return state, metrics
 
 
-def _print_profile(profile_dir: str, title: str) -> None:
-  """`step_profile`'s tables of the trace `trace_steps` left in ``profile_dir``; a trace that
-  cannot be read (no profiler on the machine) is one line, and the rows go on."""
+def _step_profile():
+  """bench/step_profile.py, the trace's reader, imported from beside this file."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import step_profile  # pylint: disable=import-outside-toplevel
 
+  return step_profile
+
+
+def _print_profile(profile_dir: str, title: str) -> None:
+  """`step_profile`'s tables of the trace `trace_steps` left in ``profile_dir``; a trace that
+  cannot be read (no profiler on the machine) is one line, and the rows go on."""
+  step_profile = _step_profile()
   try:
     trace = step_profile.load(os.path.join(profile_dir, 'step.perfetto_trace.json.gz'))
     hlo = step_profile.load_hlo(os.path.join(profile_dir, 'step_hlo.txt.gz'))

@@ -7,6 +7,16 @@ import sys
 from conftest import REPO, subprocess_env
 
 
+def _bench_module(name: str):
+  """bench/NAME.py imported as a module (bench/ is no package)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(name, REPO / 'bench' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_gpu_suite_without_a_gpu_is_one_line_exit_2():
   for args, env, message in (
       ([], {'PYTHON': sys.executable}, "error: no GPU seen by"),
@@ -23,14 +33,10 @@ def test_gpu_suite_without_a_gpu_is_one_line_exit_2():
 def test_suite_cpu_reads_the_compile_seconds_jax_writes_into_its_cache():
   """bench/suite_cpu.py reads JAX's persistent-cache entries (a private format): a program
   compiled here is found under its name with a plausible compile time."""
-  import importlib.util
-
   import jax
   import jax.numpy as jnp
 
-  spec = importlib.util.spec_from_file_location('suite_cpu', REPO / 'bench' / 'suite_cpu.py')
-  suite_cpu = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(suite_cpu)
+  suite_cpu = _bench_module('suite_cpu')
   for old in suite_cpu.COMPILATION_CACHE.glob('jit_suite_cpu_probe-*'):
     old.unlink()  # an earlier run's entry would be a cache hit, not a compilation
   before = suite_cpu._cache_entries()  # pylint: disable=protected-access
@@ -93,12 +99,7 @@ def test_step_profile_sums_a_traced_steps_ops_by_kind_and_model_code():
   """bench/step_profile.py on a real trace of a jitted function on this CPU: its matrix
   product is found (through the HLO, inside whatever fusion XLA made) and named after the code
   that made it; GPU kernels named after their fusion map back to it."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location('step_profile', REPO / 'bench' / 'step_profile.py')
-  step_profile = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(step_profile)
-
+  step_profile = _bench_module('step_profile')
   trace, hlo = step_profile.small_trace()
   kinds, sources, top, totals = step_profile.summarize(trace, 2, hlo)
   assert totals['module'] == 'jit_layer' and totals['op_ms'] > 0 and len(top) == 2
