@@ -63,7 +63,7 @@ def trained(tmp_path_factory):
   return workdir, result
 
 
-def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, trained):
+def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, trained, monkeypatch):
   from gemma_mt.data import sources
   model = models.get_model_spec('tiny').transformer(jnp.float32)
   params = trained[1].state.params
@@ -78,6 +78,15 @@ def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, traine
   assert result.outputs == [one_by_one([s])[0] for s in sources_]
   assert result.outputs[9] == '' and result.truncated == 1
   assert len(set(result.outputs[:9])) > 1  # not one output for all: order is kept, not luck
+  # Each batch's KV cache holds its prompts' padded length and the new tokens, no more: two
+  # batches of short prompts (bucket 32), one with the cut source (64). The outputs are those of
+  # a cache sized for the longest prompt, as gemma's Sampler is given one.
+  assert sorted(batched._samplers_by_cache_length) == [32 + 12, 64 + 12]
+  monkeypatch.setattr(Translator, '_sampler_for', lambda self, prompts: self._sampler)
+  full_cache = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=12,
+                          batch_size=4, max_prompt_tokens=64)
+  assert full_cache._sampler.cache_length == 64 + 12
+  assert full_cache(sources_) == result.outputs
 
 
 def _reference_beam_search(model, params, prompt_ids, k, alpha, max_new_tokens, end_ids):
