@@ -8,9 +8,11 @@ runs) against gemma's own ``gm.text.Sampler`` called one sentence at a time.
 Every row translates the same English sentences (the first ``--sentences`` of the offline MTNT
 file, ``--mtnt``; the demo corpus's with ``--quick`` or where that file is absent) with the same
 prompt (``English: … / French:``; an answer ends at its first line break, as in
-``bench/mtnt_quality.py``'s zero-shot rows), cache length and ``--max_new_tokens``. Each row
-runs twice and the second run is timed, so compilation is not counted. Generated tokens are the
-outputs' tokens plus their end token.
+``bench/mtnt_quality.py``'s zero-shot rows) and ``--max_new_tokens``; the Sampler's KV cache
+holds the longest prompt bucket and the new tokens, the Translator sizes each batch's to its
+padded prompts and the new tokens (as ``gemma_mt.translate`` does). Each row runs twice and
+the second run is timed, so compilation is not counted. Generated tokens are the outputs'
+tokens plus their end token.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def main() -> None:
   common = dict(max_new_tokens=args.max_new_tokens, stop_pieces=stop)
 
   # gemma's Sampler as its documentation calls it, one prompt at a time, with the Translator's
-  # cache length and prompt padding (so that only batching and beams differ).
+  # prompt padding and its largest cache (gemma's default, 4096 positions, would cost far more).
   sampler = gm.text.Sampler(
       model=model, params=params, tokenizer=gemma_text_tokenizer(tokenizer),
       cache_length=PROMPT_BUCKETS[-1] + args.max_new_tokens,
