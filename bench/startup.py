@@ -5,7 +5,9 @@
 Each row imports modules in a fresh Python process and reports the median user + system CPU and
 wall time over ``--repeats`` runs; the rows alternate run by run so that all see the same
 machine. ``gemma_mt.train.loop`` is what every ``python -m gemma_mt.train`` imports (jax, gemma
-and, through gemma, TensorFlow). Its last row shows what TensorFlow's eager import of Keras (and
+and, through gemma, TensorFlow); the second row imports it after
+``tensorflow_startup.set_environment()``, as every gemma_mt command does, which keeps Keras from
+importing scikit-learn. The last row shows what TensorFlow's eager import of Keras (and
 of scikit-learn under it) costs: ``TF_USE_LEGACY_KERAS=1`` without ``tf_keras`` installed skips
 it, but leaves ``tf.keras`` broken, which gemma's checkpoint modules need (through TensorBoard's
 hparams plugin), so gemma_mt does not set it. The ratio is each row's CPU over the first row's.
@@ -20,9 +22,15 @@ import subprocess
 import sys
 import time
 
-REPORT = 'print(",".join(m for m in ("keras", "sklearn") if m in sys.modules) or "-")'
+# A module counts once imported: set_environment leaves a None entry for scikit-learn.
+REPORT = ('print(",".join(m for m in ("keras", "sklearn") if sys.modules.get(m) is not None)'
+          ' or "-")')
+AS_A_COMMAND = ('import sys\nfrom gemma_mt import tensorflow_startup\n'
+                'tensorflow_startup.set_environment()\n')
 ROWS = {  # name: (code, TF_USE_LEGACY_KERAS or None for TensorFlow's default)
     'import gemma_mt.train.loop': ('import sys, gemma_mt.train.loop', None),
+    'import gemma_mt.train.loop as a command does (set_environment first)': (
+        AS_A_COMMAND + 'import gemma_mt.train.loop', None),
     'import tensorflow': ('import sys, tensorflow', None),
     'import jax': ('import sys, jax', None),
     'import gemma_mt.train.loop, Keras skipped (not usable)': (

@@ -78,7 +78,7 @@ def test_workdir_that_is_a_file(tmp_path):
 
 def _train_reporting_imports(*args: str) -> subprocess.CompletedProcess:
   """``python -m gemma_mt.train ARGS``, then a last stdout line ``HEAVY [...]``: the heavy
-  libraries it imported."""
+  libraries it imported (a None entry in ``sys.modules`` blocks an import, not counted)."""
   code = (
       'import runpy, sys\n'
       f'sys.argv = ["gemma_mt.train", *{list(args)!r}]\n'
@@ -86,7 +86,8 @@ def _train_reporting_imports(*args: str) -> subprocess.CompletedProcess:
       '  runpy.run_module("gemma_mt.train", run_name="__main__")\n'
       'except SystemExit as e:\n'
       '  status = e.code\n'
-      'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain") if m in sys.modules))\n'
+      'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain", "keras", "sklearn")\n'
+      '                      if sys.modules.get(m) is not None))\n'
       'sys.exit(status)\n'
   )
   return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
@@ -97,6 +98,18 @@ def test_helpfull_imports_neither_jax_nor_tensorflow():
   done = _train_reporting_imports('--helpfull')
   assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
   assert done.stdout.splitlines()[-1] == 'HEAVY []'
+
+
+def test_a_training_process_loads_keras_but_not_scikit_learn(tmp_path):
+  """The command's first step (``tensorflow_startup.set_environment``) keeps out scikit-learn,
+  which TensorFlow's Keras imports for wrappers gemma_mt never uses (about a second of start-up
+  CPU, ``bench/startup.py``); Keras itself, which gemma's checkpoint modules need, still loads and
+  the run's plan is made."""
+  done = _train_reporting_imports('--flagfile=configs/demo.flags', f'--workdir={tmp_path}/run',
+                                  '--dry_run')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'memory plan per device:' in done.stdout
+  assert done.stdout.splitlines()[-1] == "HEAVY ['gemma', 'grain', 'jax', 'keras', 'tensorflow']"
 
 
 @pytest.mark.parametrize('flags, message', [
