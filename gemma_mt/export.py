@@ -60,7 +60,7 @@ def export_params(workdir: str, out: str, step: int | None = None,
     raise errors.UserError(f'--workdir={workdir} has no checkpoints/: pass a run directory')
   if os.path.exists(out) and os.listdir(out):
     raise errors.UserError(f'--out={out} exists and is not empty: choose a new folder')
-  store = checkpoint.RunCheckpoints(directory, keep=1 << 30, save_every_n=1 << 30)
+  store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
     steps = store.all_steps()
     if not steps:

@@ -52,7 +52,7 @@ def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
   if step not in steps:
     raise InferenceError(f'--step={step}: {workdir} has checkpoints at steps '
                          f'{", ".join(map(str, steps))}')
-  store = checkpoint.RunCheckpoints(directory, keep=1 << 30, save_every_n=1 << 30)
+  store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
     config = store.saved_config(step)
   finally:

@@ -6,9 +6,11 @@ uninterrupted run of the same command, bit for bit.
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -181,7 +183,7 @@ def test_changed_batch_size_continues_with_the_next_example(tmp_path):
   loop.train_and_evaluate(_config(tmp_path, max_steps=4))
   result = loop.train_and_evaluate(_config(tmp_path, max_steps=8, batch_size=8))
   assert result.step == 8
-  position = checkpoint.RunCheckpoints(str(tmp_path / 'checkpoints'), keep=9, save_every_n=9)
+  position = checkpoint.RunCheckpoints.for_reading(str(tmp_path / 'checkpoints'))
   assert position.saved_position(8).examples_consumed == 4 * 16 + 4 * 8
 
 
@@ -256,8 +258,8 @@ def test_init_from_takes_parameters_only(tmp_path):
       second.state.opt_state)[0] if 'count' in jax.tree_util.keystr(path)]
   assert counts and set(counts) == {1}, counts
   assert [s for s, _ in _train_losses(tmp_path / 'b')] == [1]
-  assert checkpoint.RunCheckpoints(str(tmp_path / 'b' / 'checkpoints'), keep=9, save_every_n=9
-                                   ).saved_position(1).examples_consumed == 16
+  assert checkpoint.RunCheckpoints.for_reading(str(tmp_path / 'b' / 'checkpoints')
+                                               ).saved_position(1).examples_consumed == 16
   with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
     loop.train_and_evaluate(_config(tmp_path / 'c', init_from=str(tmp_path / 'nothing')))
   with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
@@ -289,6 +291,41 @@ def test_export_loads_in_plain_orbax_and_gemma(reference, tmp_path):
   assert again.returncode == 2 and 'not empty' in again.stderr
 
 
+def test_readers_leave_a_save_in_flight_alone_and_closing_leaves_no_thread(reference, tmp_path):
+  """What reads a workdir (resume checks, translate, evaluate, export) never deletes the
+  temporary directory of a save that a running job is writing; the job's own store removes
+  such leftovers on opening and is done with them, and with its threads, when closed."""
+  from gemma_mt import inference
+  ref_dir, _, ref_params = reference
+  shutil.copytree(ref_dir, tmp_path / 'run')
+  directory = tmp_path / 'run' / 'checkpoints'
+  complete = _complete_steps(tmp_path / 'run')
+  # Many, so that removing them takes longer than opening and closing a store.
+  unfinished = [directory / f'{30 + i}.orbax-checkpoint-tmp-{1796000000 + i}' for i in range(300)]
+  for path in unfinished:
+    (path / 'state').mkdir(parents=True)
+  before = set(threading.enumerate())
+  reader = checkpoint.RunCheckpoints.for_reading(str(directory))
+  try:
+    assert reader.latest_step() == 24 and reader.saved_config(24).max_steps == 24
+    with pytest.raises(ValueError, match='opened for reading'):
+      reader.save(30, {}, None, reader.saved_config(24), reader.saved_position(24), force=True)
+  finally:
+    reader.close()
+  _assert_same_params(inference.from_workdir(str(tmp_path / 'run')).params, ref_params)
+  for thread in set(threading.enumerate()) - before:
+    thread.join(timeout=60)  # whatever a reader started has had its chance to delete
+  assert all(path.is_dir() for path in unfinished)
+  writer = checkpoint.RunCheckpoints(str(directory), keep=9, save_every_n=9)
+  writer.close()
+  assert not [path for path in unfinished if path.exists()]
+  # Only the idle workers of the event loops Orbax closed may remain, and they are ending.
+  for thread in set(threading.enumerate()) - before:
+    thread.join(timeout=10)
+  assert not [t for t in threading.enumerate() if t not in before and t.is_alive()]
+  assert _complete_steps(tmp_path / 'run') == complete
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
   """A 24 MiB file system: room for two checkpoints of the tiny model, not three."""
@@ -314,7 +351,7 @@ def test_full_disk_stops_with_one_line_and_keeps_earlier_checkpoints(tiny_disk):
   # Under load a progress-bar redraw can share our line: take it from where it starts.
   errors = [l[l.index('error: '):] for l in done.stderr.splitlines() if 'error: ' in l]
   assert len(errors) == 1 and 'failed' in errors[0] and 'earlier checkpoints are intact' in errors[0]
-  store = checkpoint.RunCheckpoints(str(workdir / 'checkpoints'), keep=10, save_every_n=2)
+  store = checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints'))
   steps = store.all_steps()
   assert steps and steps == list(range(2, 2 * len(steps) + 1, 2))
   params = _final_params(workdir)  # the latest complete checkpoint reads back

@@ -112,7 +112,7 @@ def test_packed_run_resumes_exactly(tmp_path):
     loop.train_and_evaluate(_config(tmp_path / 'run', **{**packed, 'max_steps': 12,
                                                           'batch_size': 8}))
   # The position records examples (segments of the packed rows), not rows.
-  store = checkpoint.RunCheckpoints(str(tmp_path / 'run' / 'checkpoints'), keep=9, save_every_n=9)
+  store = checkpoint.RunCheckpoints.for_reading(str(tmp_path / 'run' / 'checkpoints'))
   run = loop.load_run_data(_config(tmp_path / 'x', **packed), _demo_tokenizer())
   batches = pipeline.packed_train_dataset(run.train, max_seq_len=96, pad_id=0,
                                           global_batch_size=16, seed=0, num_epochs=None)

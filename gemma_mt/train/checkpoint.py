@@ -59,32 +59,44 @@ class DataPosition:
 
 
 class RunCheckpoints:
-  """Saves and restores the checkpoints under ``directory``."""
+  """Saves and restores the checkpoints under ``directory``.
+
+  The run that owns ``directory`` opens it with ``RunCheckpoints(...)``; everything else
+  (resume checks, evaluation, translation, export) with ``RunCheckpoints.for_reading``.
+  """
 
   def __init__(self, directory: str, *, keep: int, save_every_n: int,
                save_every_minutes: float = 0.0, async_save: bool = True,
-               best_metric: str = 'loss'):
+               best_metric: str = 'loss', read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    save_policies = [policies.FixedIntervalPolicy(save_every_n),
-                     policies.PreemptionCheckpointingPolicy()]
-    if save_every_minutes:
-      save_policies.append(policies.ContinuousCheckpointingPolicy(
-          minimum_interval_secs=max(int(save_every_minutes * 60), 1)))
-    options = ocp.CheckpointManagerOptions(
-        create=True,
-        # Removes what a save killed half-way left behind; it was never a checkpoint.
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save,
-        save_decision_policy=policies.AnySavePolicy(save_policies),
-        preservation_policy=policies.AnyPreservationPolicy([
-            policies.LatestN(n=keep),
-            # Ascending sort keeps the last n: the lowest loss with reverse=True, the highest
-            # BLEU without.
-            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC_KEYS[best_metric]],
-                           reverse=best_metric == 'loss', n=1,
-                           keep_checkpoints_without_metrics=False),
-        ]),
-    )
+    self.read_only = read_only
+    if read_only:
+      # No directory made, nothing deleted: a reader must not remove the temporary directory
+      # of a save that the run training in this workdir is writing right now. (Orbax's
+      # read_only=True does the same but logs a warning on every opening.)
+      options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False,
+                                             save_interval_steps=0)
+    else:
+      save_policies = [policies.FixedIntervalPolicy(save_every_n),
+                       policies.PreemptionCheckpointingPolicy()]
+      if save_every_minutes:
+        save_policies.append(policies.ContinuousCheckpointingPolicy(
+            minimum_interval_secs=max(int(save_every_minutes * 60), 1)))
+      options = ocp.CheckpointManagerOptions(
+          create=True,
+          # Removes what a save killed half-way left behind; it was never a checkpoint.
+          cleanup_tmp_directories=True,
+          enable_async_checkpointing=async_save,
+          save_decision_policy=policies.AnySavePolicy(save_policies),
+          preservation_policy=policies.AnyPreservationPolicy([
+              policies.LatestN(n=keep),
+              # Ascending sort keeps the last n: the lowest loss with reverse=True, the highest
+              # BLEU without.
+              policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC_KEYS[best_metric]],
+                             reverse=best_metric == 'loss', n=1,
+                             keep_checkpoints_without_metrics=False),
+          ]),
+      )
     # Handlers registered up front, so that a fresh manager reads metadata before any save.
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for item, handler, save_args, restore_args in (
@@ -98,6 +110,11 @@ class RunCheckpoints:
       registry.add(item, restore_args, handler)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=registry)
+
+  @classmethod
+  def for_reading(cls, directory: str) -> RunCheckpoints:
+    """``directory``'s checkpoints to read, never written or cleaned up (a run may be writing)."""
+    return cls(directory, keep=1 << 30, save_every_n=1 << 30, read_only=True)
 
   def all_steps(self) -> list[int]:
     """Complete checkpoints, oldest first."""
@@ -146,6 +163,8 @@ class RunCheckpoints:
     frozen base (``lora.fingerprint``), checked on resume. Raises CheckpointError if the disk
     refuses the save; earlier checkpoints stay as they were.
     """
+    if self.read_only:
+      raise ValueError(f'{self.directory} was opened for reading (RunCheckpoints.for_reading)')
     items = {_STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -250,8 +269,14 @@ class RunCheckpoints:
       self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for the last save; a failure was already reported by save() or is logged."""
+    """Waits for the last save and for the clean-up of unfinished saves that opening started;
+    a failure was already reported by save() or is logged."""
     try:
+      # Orbax's close() waits for saves only. A clean-up thread left running outlives the
+      # caller: at interpreter exit it fails ("cannot schedule new futures after interpreter
+      # shutdown") after a command's last line, and it may still be deleting when a test or
+      # another manager looks at the directory.
+      self._manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
       self._manager.close()
     except (OSError, ValueError, RuntimeError) as e:
       _LOG.warning('closing %s: %s', self.directory, str(e).splitlines()[0] if str(e) else e)

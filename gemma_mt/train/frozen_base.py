@@ -114,7 +114,7 @@ def restore_lora_run(workdir: str, step: int, config: TrainConfig,
   base_layout = layout(config, spec, mesh)
   frozen, fingerprint = load(config, run_model, base_layout)
   directory = os.path.join(workdir, 'checkpoints')
-  store = checkpoint.RunCheckpoints(directory, keep=1 << 30, save_every_n=1 << 30)
+  store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
     check_base(store, step, fingerprint, config)
   finally:

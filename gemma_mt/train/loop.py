@@ -342,8 +342,7 @@ def _read_latest(workdir: str) -> _Latest | None:
   """The newest checkpoint's config and data position, read once at start; None if none."""
   if not _has_checkpoint(workdir):
     return None
-  store = checkpoint.RunCheckpoints(os.path.join(workdir, 'checkpoints'), keep=1 << 30,
-                                    save_every_n=1 << 30)
+  store = checkpoint.RunCheckpoints.for_reading(os.path.join(workdir, 'checkpoints'))
 
   def readable(read: Any, *args: int) -> Any:
     try:
