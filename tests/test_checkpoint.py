@@ -245,6 +245,8 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   assert kept == sorted({best, 16})
 
 
+# Orbax's own refusal of other shapes leaves reads running that outlive its event loop.
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
 def test_init_from_takes_parameters_only(tmp_path):
   first = loop.train_and_evaluate(_config(tmp_path / 'a', max_steps=6))
   second = loop.train_and_evaluate(_config(tmp_path / 'b', max_steps=1, init_from=str(
@@ -262,7 +264,8 @@ def test_init_from_takes_parameters_only(tmp_path):
                                                ).saved_position(1).examples_consumed == 16
   with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
     loop.train_and_evaluate(_config(tmp_path / 'c', init_from=str(tmp_path / 'nothing')))
-  with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
+  with pytest.raises(checkpoint.CheckpointError, match=r'do not fit this model \(params/embedder/'
+                     r'input_embedding is \(1024, 128\), the model has \(1024, 512\);'):
     loop.train_and_evaluate(_config(tmp_path / 'd', model='bench', init_from=str(tmp_path / 'a')))
   assert not (tmp_path / 'c').exists() and not (tmp_path / 'd').exists()
 

@@ -22,6 +22,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -344,6 +345,23 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   return {sharding.path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
+def _params_misfit(item: str, target: Any) -> str | None:
+  """Which arrays of ``target`` the checkpoint item ``item`` lacks or holds in another shape
+  (None: all there); read from its metadata. Checked before restoring: Orbax's own refusal
+  comes while its reads are in flight, and they end after its event loop is closed."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    saved = _leaf_specs(handler.metadata(epath.Path(item)))
+  finally:
+    handler.close()
+  wanted = _leaf_specs(target)
+  problems = [f'{name} is missing' if name not in saved else
+              f'{name} is {saved[name][0]}, the model has {shape}'
+              for name, (shape, _) in wanted.items()
+              if name not in saved or saved[name][0] != shape]
+  return '; '.join(problems[:3]) + ('; ...' if len(problems) > 3 else '') if problems else None
+
+
 def restore_params(path: str, abstract_params: Any) -> Any:
   """Parameters from a run directory, a checkpoint step directory or an export directory.
 
@@ -364,6 +382,9 @@ def restore_params(path: str, abstract_params: Any) -> Any:
       target = abstract_params
     else:
       continue
+    misfit = _params_misfit(item, target)
+    if misfit:
+      raise CheckpointError(f'--init_from={path}: its parameters do not fit this model ({misfit})')
     try:
       restored = ocp.PyTreeCheckpointer().restore(
           item, args=ocp.args.PyTreeRestore(
