@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
 
-tensorflow_startup.set_environment()  # before anything imports TensorFlow
+tensorflow_startup.set_environment()  # before anything imports gemma or TensorFlow
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
 
-tensorflow_startup.set_environment()  # before anything imports TensorFlow
+tensorflow_startup.set_environment()  # before anything imports gemma or TensorFlow
 
 
 def compiled_step(spec, batch: int, seq_len: int, loss_chunk: int):

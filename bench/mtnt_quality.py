@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from gemma_mt import tensorflow_startup  # pylint: disable=wrong-import-position
 
-tensorflow_startup.set_environment()  # before anything imports TensorFlow
+tensorflow_startup.set_environment()  # before anything imports gemma or TensorFlow
 MTNT_VALID = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 
 # Zero-shot prompts tried on the pretrained model: (name, prefix, suffix).

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
+  tensorflow_startup.set_environment()  # before main imports gemma
   translate.define_model_flags()
   flags.DEFINE_string('dataset', 'demo', 'As --dataset of gemma_mt.train.')
   flags.DEFINE_string('split', 'valid', 'The split to translate and score.')

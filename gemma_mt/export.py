@@ -155,7 +155,7 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
+  tensorflow_startup.set_environment()  # before main imports gemma
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
   define_flags()

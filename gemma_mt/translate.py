@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  tensorflow_startup.set_environment()  # main imports TensorFlow (through gemma)
+  tensorflow_startup.set_environment()  # before main imports gemma
   define_model_flags()
   flags.DEFINE_string('input', '-', 'English text, one sentence per line (-: standard input).')
   flags.DEFINE_string('output', '-', 'Where the French lines go (-: standard output).')

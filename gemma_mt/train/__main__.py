@@ -7,7 +7,7 @@ import sys
 
 from gemma_mt import tensorflow_startup
 
-# Before anything can import TensorFlow.
+# Before anything imports gemma or TensorFlow.
 tensorflow_startup.set_environment()
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
