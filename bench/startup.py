@@ -5,12 +5,10 @@
 Each row imports modules in a fresh Python process and reports the median user + system CPU and
 wall time over ``--repeats`` runs; the rows alternate run by run so that all see the same
 machine. ``gemma_mt.train.loop`` is what every ``python -m gemma_mt.train`` imports (jax, gemma
-and, through gemma, TensorFlow); the second row imports it after
-``tensorflow_startup.set_environment()``, as every gemma_mt command does, which keeps Keras from
-importing scikit-learn. The last row shows what TensorFlow's eager import of Keras (and
-of scikit-learn under it) costs: ``TF_USE_LEGACY_KERAS=1`` without ``tf_keras`` installed skips
-it, but leaves ``tf.keras`` broken, which gemma's checkpoint modules need (through TensorBoard's
-hparams plugin), so gemma_mt does not set it. The ratio is each row's CPU over the first row's.
+and, through gemma's ``kauldron.typing``, TensorFlow with all of Keras and scikit-learn under
+it); the second row imports it after ``tensorflow_startup.set_environment()``, as every gemma_mt
+command does, which imports gemma without TensorFlow. The ratio is each row's CPU over the first
+row's; the last column names which of TensorFlow, Keras and scikit-learn the process loaded.
 """
 
 from __future__ import annotations
@@ -23,30 +21,23 @@ import sys
 import time
 
 # A module counts once imported: set_environment leaves a None entry for scikit-learn.
-REPORT = ('print(",".join(m for m in ("keras", "sklearn") if sys.modules.get(m) is not None)'
-          ' or "-")')
+REPORT = ('print(",".join(m for m in ("tensorflow", "keras", "sklearn")'
+          ' if sys.modules.get(m) is not None) or "-")')
 AS_A_COMMAND = ('import sys\nfrom gemma_mt import tensorflow_startup\n'
                 'tensorflow_startup.set_environment()\n')
-ROWS = {  # name: (code, TF_USE_LEGACY_KERAS or None for TensorFlow's default)
-    'import gemma_mt.train.loop': ('import sys, gemma_mt.train.loop', None),
+ROWS = {  # name: code
+    'import gemma_mt.train.loop': 'import sys, gemma_mt.train.loop',
     'import gemma_mt.train.loop as a command does (set_environment first)': (
-        AS_A_COMMAND + 'import gemma_mt.train.loop', None),
-    'import tensorflow': ('import sys, tensorflow', None),
-    'import jax': ('import sys, jax', None),
-    'import gemma_mt.train.loop, Keras skipped (not usable)': (
-        'import sys, gemma_mt.train.loop', '1'),
+        AS_A_COMMAND + 'import gemma_mt.train.loop'),
+    'import tensorflow': 'import sys, tensorflow',
+    'import jax': 'import sys, jax',
 }
 
-# Why the last row is not an option: gemma's checkpoint modules, once Keras is skipped.
-CKPTS = 'from gemma import gm\ngm.ckpts.save_params'
 
-
-def _run(code: str, legacy_keras: str | None) -> tuple[float, float, str]:
-  """(CPU seconds, wall seconds, Keras and scikit-learn if loaded) of one fresh process."""
+def _run(code: str) -> tuple[float, float, str]:
+  """(CPU seconds, wall seconds, TensorFlow, Keras and scikit-learn if loaded) of one fresh
+  process."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  env.pop('TF_USE_LEGACY_KERAS', None)
-  if legacy_keras is not None:
-    env['TF_USE_LEGACY_KERAS'] = legacy_keras
   before, started = os.times(), time.monotonic()
   done = subprocess.run([sys.executable, '-c', f'{code}\n{REPORT}'], env=env,
                         capture_output=True, text=True, check=True)
@@ -66,11 +57,11 @@ def main() -> None:
   repeats = 1 if args.quick else args.repeats
   results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in ROWS}
   for _ in range(repeats):
-    for name, (code, legacy_keras) in ROWS.items():
-      results[name].append(_run(code, legacy_keras))
+    for name, code in ROWS.items():
+      results[name].append(_run(code))
   print(f'Imports in a fresh process, median of {repeats} run(s) per row')
   print()
-  print('| start-up | CPU (s) | wall (s) | CPU over the first row | Keras, scikit-learn |')
+  print('| start-up | CPU (s) | wall (s) | CPU over the first row | loaded |')
   print('|---|---|---|---|---|')
   baseline = None
   for name, runs in results.items():
@@ -78,11 +69,6 @@ def main() -> None:
     wall = statistics.median(r[1] for r in runs)
     baseline = baseline or cpu
     print(f'| {name} | {cpu:.2f} | {wall:.2f} | {cpu / baseline:.2f} | {runs[-1][2]} |')
-  done = subprocess.run([sys.executable, '-c', CKPTS], capture_output=True, text=True,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_USE_LEGACY_KERAS='1'))
-  errors = [l for l in done.stderr.splitlines() if l.startswith(('ImportError', 'ModuleNotFound'))]
-  print()
-  print(f'With Keras skipped, gemma.gm.ckpts: {errors[-1] if errors else "imports"}')
 
 
 if __name__ == '__main__':
