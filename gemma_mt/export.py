@@ -89,7 +89,8 @@ def export_params(workdir: str, out: str, step: int | None = None,
     params: Any = frozen_base.merged_lora_params(workdir, step, config, jax.numpy.dtype(dtype))
   else:
     abstract = models.abstract_params(spec, jax.numpy.dtype(config.param_dtype))
-    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract,
+                                        f'--workdir={workdir} at step {step}')
   os.makedirs(out, exist_ok=True)
   out = os.path.abspath(out)
   shutil.copyfile(tokenizer, os.path.join(out, 'tokenizer.model'))

@@ -65,7 +65,8 @@ def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
   else:
     model = spec.transformer(jnp.dtype(config.param_dtype))
     abstract = _single_device(models.abstract_params(spec, jnp.dtype(config.param_dtype)))
-    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+    params = checkpoint.restore_params(os.path.join(directory, str(step)), abstract,
+                                        f'--workdir={workdir} at step {step}')
   tokenizer_path = os.path.join(workdir, 'tokenizer.model')
   if not os.path.isfile(tokenizer_path):
     tokenizer_path = spec.tokenizer_path

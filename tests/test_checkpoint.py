@@ -262,12 +262,20 @@ def test_init_from_takes_parameters_only(tmp_path):
   assert [s for s, _ in _train_losses(tmp_path / 'b')] == [1]
   assert checkpoint.RunCheckpoints.for_reading(str(tmp_path / 'b' / 'checkpoints')
                                                ).saved_position(1).examples_consumed == 16
-  with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
+  with pytest.raises(checkpoint.CheckpointError, match='^--init_from=.* holds no checkpoint'):
     loop.train_and_evaluate(_config(tmp_path / 'c', init_from=str(tmp_path / 'nothing')))
   with pytest.raises(checkpoint.CheckpointError, match=r'do not fit this model \(params/embedder/'
                      r'input_embedding is \(1024, 128\), the model has \(1024, 512\);'):
     loop.train_and_evaluate(_config(tmp_path / 'd', model='bench', init_from=str(tmp_path / 'a')))
   assert not (tmp_path / 'c').exists() and not (tmp_path / 'd').exists()
+  # Read for translation, evaluation or export, the error names the flag the user gave there.
+  from gemma_mt import models
+  bench = models.abstract_params(models.get_model_spec('bench'), jax.numpy.float32)
+  with pytest.raises(checkpoint.CheckpointError) as refused:
+    checkpoint.restore_params(str(tmp_path / 'a' / 'checkpoints' / '6'), bench,
+                              f'--workdir={tmp_path / "a"} at step 6')
+  assert str(refused.value).startswith(
+      f'--workdir={tmp_path / "a"} at step 6: its parameters do not fit this model (params/')
 
 
 def test_export_loads_in_plain_orbax_and_gemma(reference, tmp_path):

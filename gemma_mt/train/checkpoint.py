@@ -362,12 +362,14 @@ def _params_misfit(item: str, target: Any) -> str | None:
   return '; '.join(problems[:3]) + ('; ...' if len(problems) > 3 else '') if problems else None
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
+def restore_params(path: str, abstract_params: Any, source: str | None = None) -> Any:
   """Parameters from a run directory, a checkpoint step directory or an export directory.
 
-  Raises CheckpointError (one line) if nothing is there or the shapes differ.
+  Raises CheckpointError (one line, led by ``source``: the flag and value the user gave, by
+  default ``--init_from=PATH``) if nothing is there or the shapes differ.
   """
   path = os.path.abspath(path)
+  source = source or f'--init_from={path}'
   candidates = [path]
   checkpoints = os.path.join(path, 'checkpoints')
   if os.path.isdir(checkpoints):
@@ -384,15 +386,15 @@ def restore_params(path: str, abstract_params: Any) -> Any:
       continue
     misfit = _params_misfit(item, target)
     if misfit:
-      raise CheckpointError(f'--init_from={path}: its parameters do not fit this model ({misfit})')
+      raise CheckpointError(f'{source}: its parameters do not fit this model ({misfit})')
     try:
       restored = ocp.PyTreeCheckpointer().restore(
           item, args=ocp.args.PyTreeRestore(
               item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
               partial_restore=True))
     except (ValueError, KeyError) as e:
-      raise CheckpointError(f'--init_from={path}: its parameters do not fit this model '
+      raise CheckpointError(f'{source}: its parameters do not fit this model '
                             f'({str(e).splitlines()[0][:200]})') from None
     return restored['params'] if item.endswith(_STATE) else restored
-  raise CheckpointError(f'--init_from={path} holds no checkpoint or exported parameters: '
+  raise CheckpointError(f'{source} holds no checkpoint or exported parameters: '
                         'pass a run directory, one of its checkpoints/<step>, or an export')

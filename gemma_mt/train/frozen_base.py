@@ -123,7 +123,8 @@ def restore_lora_run(workdir: str, step: int, config: TrainConfig,
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       base_layout.abstract_adapters)
-  adapters = checkpoint.restore_params(os.path.join(directory, str(step)), abstract)
+  adapters = checkpoint.restore_params(os.path.join(directory, str(step)), abstract,
+                                        f'--workdir={workdir} at step {step}')
   return base_layout, frozen, adapters
 
 
