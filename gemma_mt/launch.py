@@ -4,18 +4,22 @@ Runs a P-process training job on this machine, as a cluster scheduler would run 
 each process is ``python -m gemma_mt.train`` with JAX's own coordinator flags (process 0 serves
 the coordinator on a free loopback port). Process 0's output is passed through; the others'
 lines are prefixed with ``[process i]``. The exit status is 0 only if every process succeeded;
-when one fails, the others are given ``--grace_seconds`` to stop on their own, then killed.
+when one fails, the others are given ``--grace_seconds`` to stop on their own, then killed. A
+launcher killed outright (SIGKILL, the OOM killer) takes its processes with it on Linux, so that
+none is left training, holding devices or saving into the run's checkpoints.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -38,6 +42,26 @@ def process_command(train_args: Sequence[str], *, port: int, num_processes: int,
   return command
 
 
+# prctl(2): the signal a process gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _killed_with_launcher() -> Callable[[], None] | None:
+  """A ``preexec_fn`` that has the process killed when the launcher dies; None off Linux."""
+  if not sys.platform.startswith('linux'):
+    return None
+  # Looked up here, not in the forked child, where only async-signal-safe calls are sound.
+  prctl = ctypes.CDLL(None, use_errno=True).prctl
+  launcher = os.getpid()
+
+  def preexec() -> None:
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != launcher:  # the launcher died before prctl took effect
+      os._exit(1)  # pylint: disable=protected-access
+
+  return preexec
+
+
 def _pump(stream, out, prefix: str) -> None:
   for line in iter(stream.readline, ''):
     out.write(prefix + line)
@@ -53,14 +77,17 @@ def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_pro
   directly, as SIGINT, which they turn into the same notice; a second Ctrl-C stops at once.)
   """
   port = free_loopback_port()
-  procs = []
+  # Every process is started before the first output thread: a preexec_fn runs in the forked
+  # child, which must not inherit other threads' locks.
+  procs = [
+      subprocess.Popen(
+          process_command(train_args, port=port, num_processes=num_processes, process_id=i,
+                          cpu_devices_per_process=cpu_devices_per_process),
+          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+          preexec_fn=_killed_with_launcher())
+      for i in range(num_processes)]
   pumps = []
-  for i in range(num_processes):
-    proc = subprocess.Popen(
-        process_command(train_args, port=port, num_processes=num_processes, process_id=i,
-                        cpu_devices_per_process=cpu_devices_per_process),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    procs.append(proc)
+  for i, proc in enumerate(procs):
     prefix = '' if i == 0 else f'[process {i}] '
     for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
       pump = threading.Thread(target=_pump, args=(stream, out, prefix), daemon=True)

@@ -157,6 +157,32 @@ def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   assert _reported_step(tmp_path) == last + 3
 
 
+def test_a_killed_launcher_takes_its_processes_with_it(tmp_path):
+  """SIGKILL to the launcher (what the OOM killer sends) cannot be passed on; its processes are
+  killed with it instead of training on without it, into the same checkpoints. (Killed as soon
+  as both run `gemma_mt.train`: what ties them to the launcher is set before they start.)"""
+  proc = subprocess.Popen(_launch_command(tmp_path, 400), cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  children = []
+
+  def started() -> bool:
+    nonlocal children
+    children = psutil.Process(proc.pid).children()
+    return len(children) == 2 and all('gemma_mt.train' in c.cmdline() for c in children)
+
+  try:
+    assert _wait_for(started, proc, timeout=60)
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [c.cmdline()[-4:] for c in alive]
+  finally:
+    proc.kill()
+    for child in children:
+      if child.is_running():
+        child.kill()
+
+
 def test_slurm_script_signals_the_python_processes():
   script = (REPO / 'deploy' / 'slurm.sbatch').read_text()
   directives = [l for l in script.splitlines() if l.startswith('#SBATCH --signal')]
