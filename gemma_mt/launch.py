@@ -77,6 +77,7 @@ def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_pro
   directly, as SIGINT, which they turn into the same notice; a second Ctrl-C stops at once.)
   """
   port = free_loopback_port()
+  preexec = _killed_with_launcher()
   # Every process is started before the first output thread: a preexec_fn runs in the forked
   # child, which must not inherit other threads' locks.
   procs = [
@@ -84,7 +85,7 @@ def launch(train_args: Sequence[str], *, num_processes: int, cpu_devices_per_pro
           process_command(train_args, port=port, num_processes=num_processes, process_id=i,
                           cpu_devices_per_process=cpu_devices_per_process),
           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-          preexec_fn=_killed_with_launcher())
+          preexec_fn=preexec)
       for i in range(num_processes)]
   pumps = []
   for i, proc in enumerate(procs):
