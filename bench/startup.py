@@ -9,6 +9,11 @@ and, through gemma's ``kauldron.typing``, TensorFlow with all of Keras and sciki
 it); the second row imports it after ``tensorflow_startup.set_environment()``, as every gemma_mt
 command does, which imports gemma without TensorFlow. The ratio is each row's CPU over the first
 row's; the last column names which of TensorFlow, Keras and scikit-learn the process loaded.
+
+The last rows start a fresh run's random parameters (after the command's imports): flax's eager
+``model.init``, which dispatches every draw and compiles the model's forward pass only to drop
+its result, against ``models.init_params``, one program compiled at
+``models.INIT_COMPILER_OPTIONS``; ``tiny``, and without ``--quick`` Gemma 3 270M's shape too.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ ROWS = {  # name: code
         AS_A_COMMAND + 'import gemma_mt.train.loop'),
     'import tensorflow': 'import sys, tensorflow',
     'import jax': 'import sys, jax',
+}
+INIT = (AS_A_COMMAND + 'import jax, jax.numpy as jnp\nfrom gemma_mt import models\n'
+        'model = models.get_model_spec({name!r}).transformer(jnp.float32)\n')
+INIT_ROWS = {  # name: code, with {name} the model's
+    'random {name} parameters: flax model.init, eager': INIT + (
+        'jax.block_until_ready(model.init(jax.random.key(0),\n'
+        '                                  jnp.ones((1, models.registry.INIT_TOKENS), jnp.int32)))'),
+    'random {name} parameters: models.init_params': INIT + (
+        'jax.block_until_ready(models.init_params(model, 0))'),
 }
 
 
@@ -55,9 +69,13 @@ def main() -> None:
   if args.repeats < 1:
     parser.exit(2, 'error: --repeats must be at least 1\n')
   repeats = 1 if args.quick else args.repeats
-  results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in ROWS}
+  rows = dict(ROWS)
+  for model in ('tiny',) if args.quick else ('tiny', 'gemma3-270m'):
+    rows.update({name.format(name=model): code.format(name=model)
+                 for name, code in INIT_ROWS.items()})
+  results: dict[str, list[tuple[float, float, str]]] = {name: [] for name in rows}
   for _ in range(repeats):
-    for name, code in ROWS.items():
+    for name, code in rows.items():
       results[name].append(_run(code))
   print(f'Imports in a fresh process, median of {repeats} run(s) per row')
   print()

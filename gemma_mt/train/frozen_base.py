@@ -90,7 +90,8 @@ def load(config: TrainConfig, run_model: model_sources.RunModel,
                  run_model.spec.name)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     base = jax.jit(lambda key: models.init_params(base_layout.base_model, key),
-                   out_shardings=shardings)(jax.random.key(config.seed))
+                   out_shardings=shardings,
+                   compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.key(config.seed))
   fingerprint = lora.fingerprint(base)
   if config.base_quantization != 'none':
     base = jax.jit(

@@ -572,7 +572,8 @@ def _fresh_state(run: CompiledRun, initial_params: Any) -> step_lib.TrainState:
       return lora.split(params)[1] if config.lora else params
 
     # The key an argument, not a constant: one compiled program for every seed.
-    params = jax.jit(init, out_shardings=shardings.params)(jax.random.key(config.seed))
+    params = jax.jit(init, out_shardings=shardings.params,
+                     compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.key(config.seed))
   return jax.jit(functools.partial(_state_of, run.optimizer), out_shardings=shardings)(params)
 
 
