@@ -7,6 +7,7 @@ the command's to set, not a library's.
 
 from __future__ import annotations
 
+import builtins
 import importlib.abc
 import importlib.machinery
 import os
@@ -14,9 +15,17 @@ import sys
 import types
 from typing import Any, Sequence
 
-# The one module that imports TensorFlow when gemma is imported (``import tensorflow as tf``, then
-# ``tf.Tensor`` in the array types of its isinstance checks).
-_TENSORFLOW_IMPORTER = 'kauldron.typing.array_types'
+# The modules that ``import tensorflow`` when gemma is imported, run with a stand-in: kauldron's
+# array types read ``tf.Tensor`` for their isinstance checks; the others, imported through
+# ``kauldron.train`` when a released Gemma's class is first used (``gm.nn.Gemma3_270M``: gemma's
+# checkpoint loaders), use ``tf`` only in functions that gemma_mt never calls.
+_TENSORFLOW_IMPORTERS = ('kauldron.typing.array_types', 'kauldron.train.setup_utils',
+                         'kauldron.data.iterators.noop_handler',
+                         'kauldron.data.iterators.tfdata_handler')
+# clu's TensorBoard writer, also imported through ``kauldron.train``: its imports need the real
+# TensorFlow (TensorBoard's hparams summaries make a tensor at import), so the module runs when a
+# writer is first made (never, in gemma_mt).
+_TENSORFLOW_WRITER = 'clu.metric_writers.tf.summary_writer'
 
 
 def set_environment() -> None:
@@ -24,12 +33,15 @@ def set_environment() -> None:
   each command's start-up CPU, ``bench/startup.py``); a command that reads a ``tfds:`` dataset
   still imports the real TensorFlow when it needs it.
 
-  - gemma's ``kauldron.typing.array_types`` reads ``tf.Tensor`` at import; while it is imported,
-    ``tensorflow`` names a stand-in whose ``Tensor`` answers isinstance checks with the real
-    ``tf.Tensor`` once TensorFlow is imported, and with False before (nothing can be a tensor of a
-    TensorFlow not imported). The stand-in is removed from ``sys.modules`` at once: etils takes
-    any ``tensorflow`` there for the real one (gemma's batch padding would then import
-    ``tensorflow.experimental.numpy``).
+  - gemma's ``kauldron.typing.array_types`` reads ``tf.Tensor`` at import; while it (or another
+    of ``_TENSORFLOW_IMPORTERS``) is imported, ``tensorflow`` names a stand-in whose ``Tensor``
+    answers isinstance checks with the real ``tf.Tensor`` once TensorFlow is imported, and with
+    False before (nothing can be a tensor of a TensorFlow not imported); any other attribute of
+    the stand-in imports the real TensorFlow. The stand-in is removed from ``sys.modules`` at
+    once: etils takes any ``tensorflow`` there for the real one (gemma's batch padding would then
+    import ``tensorflow.experimental.numpy``).
+  - clu's TensorBoard writer module (``clu.metric_writers.SummaryWriter``) runs when a writer is
+    first made.
   - TensorBoard's event writer uses its pure-Python file layer (``tensorboard.compat.notf``,
     TensorBoard's own switch) instead of TensorFlow's.
   - TensorFlow's C++ start-up chatter stays out of the terminal (``TF_CPP_MIN_LOG_LEVEL=2``, for
@@ -40,7 +52,7 @@ def set_environment() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   sys.modules.setdefault('sklearn', None)
   sys.modules.setdefault('tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf'))
-  if _TENSORFLOW_IMPORTER not in sys.modules and not any(
+  if not any(
       isinstance(finder, _ImportsWithoutTensorFlow) for finder in sys.meta_path):
     sys.meta_path.insert(0, _ImportsWithoutTensorFlow())
 
@@ -61,22 +73,36 @@ class _Tensor(metaclass=_TensorOnceImported):
   """``tf.Tensor`` as gemma's array types see it when imported before TensorFlow."""
 
 
+class _TensorFlowOnUse(types.ModuleType):
+  """``tensorflow`` while an importer runs: ``Tensor`` is ``_Tensor``; any other attribute is
+  the real TensorFlow's, imported then."""
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith('__'):  # the import system's probes
+      raise AttributeError(name)
+    if name == 'Tensor':
+      return _Tensor
+    return getattr(importlib.import_module('tensorflow'), name)
+
+
 class _ImportsWithoutTensorFlow(importlib.abc.MetaPathFinder):
-  """Finds ``kauldron.typing.array_types`` as usual and runs it with a stand-in ``tensorflow``,
-  unless the real one is already imported."""
+  """Finds the TensorFlow importers as usual and runs each with a stand-in ``tensorflow``, and
+  clu's TensorBoard writer on first use, unless the real TensorFlow is already imported."""
 
   def find_spec(self, fullname: str, path: Sequence[str] | None,
                 target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-    if fullname != _TENSORFLOW_IMPORTER or 'tensorflow' in sys.modules:
+    if fullname not in (*_TENSORFLOW_IMPORTERS, _TENSORFLOW_WRITER) or 'tensorflow' in sys.modules:
       return None
     spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
     if spec is not None and spec.loader is not None:
-      spec.loader = _LoaderWithoutTensorFlow(spec.loader)
+      spec.loader = (_WriterOnFirstUse(spec.loader) if fullname == _TENSORFLOW_WRITER
+                     else _LoaderWithoutTensorFlow(spec.loader))
     return spec
 
 
-class _LoaderWithoutTensorFlow(importlib.abc.Loader):
-  """The module's own loader, run with ``sys.modules['tensorflow']`` set to the stand-in."""
+class _WriterOnFirstUse(importlib.abc.Loader):
+  """clu's TensorBoard writer module with a ``SummaryWriter`` that runs the module (importing
+  TensorFlow) and then makes the writer. (clu and kauldron only call it; nothing subclasses it.)"""
 
   def __init__(self, loader: importlib.abc.Loader):
     self._loader = loader
@@ -85,14 +111,35 @@ class _LoaderWithoutTensorFlow(importlib.abc.Loader):
     return self._loader.create_module(spec)
 
   def exec_module(self, module: types.ModuleType) -> None:
-    # Imported first so that neither sees the stand-in.
-    import jaxtyping  # pylint: disable=import-outside-toplevel,unused-import
-    import numpy  # pylint: disable=import-outside-toplevel,unused-import
-    stand_in = types.ModuleType('tensorflow', 'Stand-in while kauldron.typing is imported.')
-    stand_in.Tensor = _Tensor
-    sys.modules['tensorflow'] = stand_in
-    try:
-      self._loader.exec_module(module)
-    finally:
-      if sys.modules.get('tensorflow') is stand_in:
-        del sys.modules['tensorflow']
+    loader = self._loader
+
+    def summary_writer(*args: Any, **kwargs: Any) -> Any:
+      loader.exec_module(module)  # defines the real SummaryWriter in place of this function
+      return module.SummaryWriter(*args, **kwargs)
+
+    module.SummaryWriter = summary_writer
+
+
+class _LoaderWithoutTensorFlow(importlib.abc.Loader):
+  """The module's own loader, run with an ``__import__`` that answers the module's own
+  ``import tensorflow`` with the stand-in while the real one is not imported. (Not through
+  ``sys.modules``: the modules it imports in turn would see the stand-in, and TFDS or etils
+  take any ``tensorflow`` there for the real one.)"""
+
+  def __init__(self, loader: importlib.abc.Loader):
+    self._loader = loader
+
+  def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module: types.ModuleType) -> None:
+    stand_in = _TensorFlowOnUse('tensorflow', f'TensorFlow as {module.__name__} imports it.')
+
+    def import_(name: str, globals_: Any = None, locals_: Any = None,
+                fromlist: Sequence[str] = (), level: int = 0) -> Any:
+      if name == 'tensorflow' and level == 0 and 'tensorflow' not in sys.modules:
+        return stand_in
+      return builtins.__import__(name, globals_, locals_, fromlist, level)
+
+    module.__builtins__ = {**builtins.__dict__, '__import__': import_}
+    self._loader.exec_module(module)

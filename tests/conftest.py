@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -71,6 +73,24 @@ def subprocess_env() -> dict[str, str]:
   env['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env
+
+
+def train_reporting_imports(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+  """``python -m gemma_mt.train ARGS``, then a last stdout line ``HEAVY [...]``: the heavy
+  libraries it imported (a None entry in ``sys.modules`` blocks an import, not counted)."""
+  code = (
+      'import runpy, sys\n'
+      f'sys.argv = ["gemma_mt.train", *{list(args)!r}]\n'
+      'try:\n'
+      '  runpy.run_module("gemma_mt.train", run_name="__main__")\n'
+      'except SystemExit as e:\n'
+      '  status = e.code\n'
+      'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain", "keras", "sklearn")\n'
+      '                      if sys.modules.get(m) is not None))\n'
+      'sys.exit(status)\n'
+  )
+  return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def tensorboard_events(workdir):

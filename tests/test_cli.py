@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env, tensorboard_events
+from conftest import REPO, subprocess_env, tensorboard_events, train_reporting_imports
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -16,7 +16,7 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_shortened_demo_learns_and_writes_its_outputs(tmp_path):
   workdir = tmp_path / 'demo'
-  done = _train_reporting_imports(
+  done = train_reporting_imports(
       '--flagfile=configs/demo.flags', f'--workdir={workdir}', '--max_steps=80',
       '--warmup_steps=20', '--eval_every_n=20', '--save_every_n=40', '--num_translations=3',
       '--bleu_examples=100', timeout=600)
@@ -80,26 +80,8 @@ def test_workdir_that_is_a_file(tmp_path):
   assert path.read_text() == 'precious'
 
 
-def _train_reporting_imports(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-  """``python -m gemma_mt.train ARGS``, then a last stdout line ``HEAVY [...]``: the heavy
-  libraries it imported (a None entry in ``sys.modules`` blocks an import, not counted)."""
-  code = (
-      'import runpy, sys\n'
-      f'sys.argv = ["gemma_mt.train", *{list(args)!r}]\n'
-      'try:\n'
-      '  runpy.run_module("gemma_mt.train", run_name="__main__")\n'
-      'except SystemExit as e:\n'
-      '  status = e.code\n'
-      'print("HEAVY", sorted(m for m in ("jax", "tensorflow", "gemma", "grain", "keras", "sklearn")\n'
-      '                      if sys.modules.get(m) is not None))\n'
-      'sys.exit(status)\n'
-  )
-  return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=subprocess_env(),
-                        capture_output=True, text=True, timeout=timeout)
-
-
 def test_helpfull_imports_neither_jax_nor_tensorflow():
-  done = _train_reporting_imports('--helpfull')
+  done = train_reporting_imports('--helpfull')
   assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
   assert done.stdout.splitlines()[-1] == 'HEAVY []'
 
@@ -116,7 +98,7 @@ def test_paths_are_checked_before_jax_is_imported(tmp_path, flags, message):
   """An unwritable --workdir or a missing split file stops the CLI before jax, gemma and
   TensorFlow are imported (a run found the first only after compiling and reading its weights);
   nothing is created, not even the probe file that shows a directory writable."""
-  done = _train_reporting_imports(*(f.format(tmp=tmp_path) for f in flags))
+  done = train_reporting_imports(*(f.format(tmp=tmp_path) for f in flags))
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines()[-1].startswith(message.format(tmp=tmp_path))
   assert 'Traceback' not in done.stderr

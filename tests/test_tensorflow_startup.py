@@ -17,19 +17,26 @@ def _python(code: str) -> subprocess.CompletedProcess:
 _LOADED = ('[m for m in ("tensorflow", "keras", "sklearn") if sys.modules.get(m) is not None]')
 
 
-def test_gemma_imports_without_tensorflow_and_checks_its_tensors_once_imported():
+def test_gemma_imports_without_tensorflow_and_checks_its_tensors_once_imported(tmp_path):
   done = _python(f"""
 import sys
 from gemma_mt import tensorflow_startup
 tensorflow_startup.set_environment()
 import gemma_mt.train.loop
 from gemma import gm
-from kauldron import typing as kd_typing
+from kauldron import kd, typing as kd_typing
+from kauldron.train import setup_utils
+from clu import metric_writers
 import numpy as np
-print('before', {_LOADED}, isinstance(np.zeros(2), kd_typing.TfFloat['2']))
+gm.nn.Gemma3_270M  # imports kauldron's trainer, and through it clu's TensorBoard writer
+print('before', {_LOADED}, isinstance(np.zeros(2), kd_typing.TfFloat['2']),
+      kd.train.TrainState.__name__, type(metric_writers.SummaryWriter).__name__)
 from tensorboard.compat import tf as tensorboard_tf
 print('tensorboard', tensorboard_tf.io.gfile.__name__)
+print('on use', setup_utils.tf.config.__name__, {_LOADED}[:1])
 import tensorflow as tf
+writer = metric_writers.SummaryWriter({str(tmp_path)!r})
+print('writer', type(writer).__module__, type(writer).__name__)
 print('after', {_LOADED}[:1], isinstance(tf.zeros([2]), kd_typing.TfFloat['2']),
       isinstance(tf.zeros([3]), kd_typing.TfFloat['2']),
       isinstance(tf.zeros([2], tf.int32), kd_typing.TfFloat['2']),
@@ -39,8 +46,10 @@ print('after', {_LOADED}[:1], isinstance(tf.zeros([2]), kd_typing.TfFloat['2']),
 """)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.splitlines() == [
-      'before [] False',
+      'before [] False TrainState function',
       'tensorboard tensorboard.compat.tensorflow_stub.io.gfile',
+      "on use tensorflow._api.v2.config ['tensorflow']",
+      'writer clu.metric_writers.tf.summary_writer SummaryWriter',
       "after ['tensorflow'] True False False False True True",
   ]
 
