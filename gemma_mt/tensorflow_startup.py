@@ -114,7 +114,8 @@ class _WriterOnFirstUse(importlib.abc.Loader):
     loader = self._loader
 
     def summary_writer(*args: Any, **kwargs: Any) -> Any:
-      loader.exec_module(module)  # defines the real SummaryWriter in place of this function
+      if module.SummaryWriter is summary_writer:  # clu's modules keep this function: run once
+        loader.exec_module(module)  # defines the real SummaryWriter in place of this function
       return module.SummaryWriter(*args, **kwargs)
 
     module.SummaryWriter = summary_writer

@@ -36,7 +36,8 @@ print('tensorboard', tensorboard_tf.io.gfile.__name__)
 print('on use', setup_utils.tf.config.__name__, {_LOADED}[:1])
 import tensorflow as tf
 writer = metric_writers.SummaryWriter({str(tmp_path)!r})
-print('writer', type(writer).__module__, type(writer).__name__)
+print('writer', type(writer).__module__, type(writer).__name__,
+      type(metric_writers.SummaryWriter({str(tmp_path)!r})) is type(writer))
 print('after', {_LOADED}[:1], isinstance(tf.zeros([2]), kd_typing.TfFloat['2']),
       isinstance(tf.zeros([3]), kd_typing.TfFloat['2']),
       isinstance(tf.zeros([2], tf.int32), kd_typing.TfFloat['2']),
@@ -49,7 +50,7 @@ print('after', {_LOADED}[:1], isinstance(tf.zeros([2]), kd_typing.TfFloat['2']),
       'before [] False TrainState function',
       'tensorboard tensorboard.compat.tensorflow_stub.io.gfile',
       "on use tensorflow._api.v2.config ['tensorflow']",
-      'writer clu.metric_writers.tf.summary_writer SummaryWriter',
+      'writer clu.metric_writers.tf.summary_writer SummaryWriter True',
       "after ['tensorflow'] True False False False True True",
   ]
 
