@@ -37,9 +37,9 @@ def set_environment() -> None:
     of ``_TENSORFLOW_IMPORTERS``) is imported, ``tensorflow`` names a stand-in whose ``Tensor``
     answers isinstance checks with the real ``tf.Tensor`` once TensorFlow is imported, and with
     False before (nothing can be a tensor of a TensorFlow not imported); any other attribute of
-    the stand-in imports the real TensorFlow. The stand-in is removed from ``sys.modules`` at
-    once: etils takes any ``tensorflow`` there for the real one (gemma's batch padding would then
-    import ``tensorflow.experimental.numpy``).
+    the stand-in imports the real TensorFlow. Only the importer's own ``import tensorflow`` gets
+    the stand-in; it never enters ``sys.modules``: etils and TFDS take any ``tensorflow`` there
+    for the real one (gemma's batch padding would then import ``tensorflow.experimental.numpy``).
   - clu's TensorBoard writer module (``clu.metric_writers.SummaryWriter``) runs when a writer is
     first made.
   - TensorBoard's event writer uses its pure-Python file layer (``tensorboard.compat.notf``,

@@ -6,6 +6,6 @@ from gemma_mt.models.registry import (DEMO_TOKENIZER, FAMILIES, INIT_COMPILER_OP
                                       count_params, get_model_spec, init_params,
                                       specs_of_architecture)
 
-__all__ = ['DEMO_TOKENIZER', 'FAMILIES', 'INIT_COMPILER_OPTIONS', 'MODELS', 'REMAT_POLICIES', 'Architecture', 'ModelSpec',
-           'abstract_params', 'count_params', 'get_model_spec', 'init_params',
-           'specs_of_architecture']
+__all__ = ['DEMO_TOKENIZER', 'FAMILIES', 'INIT_COMPILER_OPTIONS', 'MODELS', 'REMAT_POLICIES',
+           'Architecture', 'ModelSpec', 'abstract_params', 'count_params', 'get_model_spec',
+           'init_params', 'specs_of_architecture']
