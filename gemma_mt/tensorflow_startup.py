@@ -100,15 +100,19 @@ class _ImportsWithoutTensorFlow(importlib.abc.MetaPathFinder):
     return spec
 
 
-class _WriterOnFirstUse(importlib.abc.Loader):
-  """clu's TensorBoard writer module with a ``SummaryWriter`` that runs the module (importing
-  TensorFlow) and then makes the writer. (clu and kauldron only call it; nothing subclasses it.)"""
+class _WrappedLoader(importlib.abc.Loader):
+  """A module's own loader, which creates the module; subclasses change how it runs."""
 
   def __init__(self, loader: importlib.abc.Loader):
     self._loader = loader
 
   def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
     return self._loader.create_module(spec)
+
+
+class _WriterOnFirstUse(_WrappedLoader):
+  """clu's TensorBoard writer module with a ``SummaryWriter`` that runs the module (importing
+  TensorFlow) and then makes the writer. (clu and kauldron only call it; nothing subclasses it.)"""
 
   def exec_module(self, module: types.ModuleType) -> None:
     loader = self._loader
@@ -121,17 +125,11 @@ class _WriterOnFirstUse(importlib.abc.Loader):
     module.SummaryWriter = summary_writer
 
 
-class _LoaderWithoutTensorFlow(importlib.abc.Loader):
+class _LoaderWithoutTensorFlow(_WrappedLoader):
   """The module's own loader, run with an ``__import__`` that answers the module's own
   ``import tensorflow`` with the stand-in while the real one is not imported. (Not through
   ``sys.modules``: the modules it imports in turn would see the stand-in, and TFDS or etils
   take any ``tensorflow`` there for the real one.)"""
-
-  def __init__(self, loader: importlib.abc.Loader):
-    self._loader = loader
-
-  def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-    return self._loader.create_module(spec)
 
   def exec_module(self, module: types.ModuleType) -> None:
     stand_in = _TensorFlowOnUse('tensorflow', f'TensorFlow as {module.__name__} imports it.')
