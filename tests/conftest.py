@@ -11,6 +11,12 @@ import sys
 import jax
 import pytest
 
+from gemma_mt import tensorflow_startup
+
+# As every command does: the test processes import gemma without TensorFlow, Keras and
+# scikit-learn (about 5 s of CPU per xdist worker); a test that needs TensorFlow imports it.
+tensorflow_startup.set_environment()
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Compiled steps are shared between tests and the processes they start (the same tiny model
 # compiles dozens of times otherwise); executables are identical, so results are too.
