@@ -28,10 +28,11 @@ jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 SHARED_MTNT = REPO.parent / 'shared' / 'data' / 'mtnt' / 'valid.en-fr.tsv'
 
-# Fixtures (session scope) that run a training job for several tests. Their tests go to one
-# xdist worker, so the job runs once; session scope, because a worker runs other modules' tests
-# in between, and a module-scoped fixture would be torn down and run again each time.
-SHARED_RUNS = ('reference', 'trained', 'lora_run', 'cli_reference', 'uninterrupted')
+# Fixtures (session scope) that run a training job, or load the real 270M (``gemma3``: about
+# 10 s of CPU), for several tests. Their tests go to one xdist worker, so the job runs once;
+# session scope, because a worker runs other modules' tests in between, and a module-scoped
+# fixture would be torn down and run again each time.
+SHARED_RUNS = ('reference', 'trained', 'lora_run', 'cli_reference', 'uninterrupted', 'gemma3')
 # The modules of the longest tests and groups, scheduled first: started last, one of them would
 # run alone on one core at the end of the suite.
 LONGEST_FIRST = ('test_real_models', 'test_multiprocess', 'test_checkpoint', 'test_lora',

@@ -186,17 +186,26 @@ def _assert_bit_equal(a, b) -> None:
     assert np.array_equal(np.asarray(flat_a[name]), np.asarray(flat_b[name])), name
 
 
-def test_orbax_kaggle_and_hf_sources_load_back_bit_equal(gemma3, tmp_path, monkeypatch):
+@pytest.fixture(scope='session')
+def kaggle_270m(gemma3, tmp_path_factory) -> tuple[pathlib.Path, str]:
+  """(KAGGLEHUB_CACHE, handle) holding the real 270M as Kaggle lays it out (written once)."""
   resolved, params, _ = gemma3
-  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
-  handle = _kaggle_cache(tmp_path / 'kaggle', params, resolved.tokenizer_path)
+  root = tmp_path_factory.mktemp('kaggle')
+  return root, _kaggle_cache(root, params, resolved.tokenizer_path)
+
+
+def test_orbax_kaggle_and_hf_sources_load_back_bit_equal(gemma3, kaggle_270m, tmp_path,
+                                                         monkeypatch):
+  resolved, params, _ = gemma3
+  kaggle_root, handle = kaggle_270m
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(kaggle_root))
   from_kaggle = sources.resolve(f'kaggle:{handle}')
   assert from_kaggle.spec.name == 'gemma3-270m'
   assert from_kaggle.tokenizer_path.endswith('tokenizer.model')
   abstract = _abstract(resolved.spec, _mesh())
   _assert_bit_equal(from_kaggle.load_params(abstract), params)
   # The same checkpoint as a plain local directory, the model inferred from its shapes.
-  local = sources.resolve(str(tmp_path / 'kaggle' / 'models' / handle))
+  local = sources.resolve(str(kaggle_root / 'models' / handle))
   assert local.source.kind == 'orbax' and local.spec.name == 'gemma3-270m'
   hf_dir = tmp_path / 'hf'
   hf_dir.mkdir()
@@ -210,12 +219,12 @@ def test_orbax_kaggle_and_hf_sources_load_back_bit_equal(gemma3, tmp_path, monke
   _assert_bit_equal(from_hf.load_params(abstract), params)
 
 
-def test_gemma3_weights_load_sharded_on_8_devices(gemma3, tmp_path, monkeypatch):
+def test_gemma3_weights_load_sharded_on_8_devices(gemma3, kaggle_270m, monkeypatch):
   """Each device holds only its shard; the transposed gating einsum is sharded on its right
   dimensions and the 262,144-row embedding is split, not replicated."""
   resolved, params, _ = gemma3
-  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path / 'kaggle'))
-  handle = _kaggle_cache(tmp_path / 'kaggle', params, resolved.tokenizer_path)
+  kaggle_root, handle = kaggle_270m
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(kaggle_root))
   mesh = _mesh('fsdp:4,tensor:2', 8)
   for source in (sources.resolve(f'kaggle:{handle}'), resolved):
     loaded = source.load_params(_abstract(resolved.spec, mesh))
