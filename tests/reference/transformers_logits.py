@@ -44,9 +44,22 @@ def main() -> None:
 
 def load(path: str):
   if path.endswith('.gguf'):
+    _parse_gguf_once(path)
     return transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
   return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _parse_gguf_once(path: str) -> None:
+  """transformers parses the file twice, for the config and for the weights (about 13 s each:
+  the reader builds the 262,144-piece vocabulary in Python): the second parse gets the first's
+  reader (read-only, a memory map). ``load_gguf_checkpoint`` imports ``GGUFReader`` when called."""
+  import gguf  # pylint: disable=import-outside-toplevel
+  original = gguf.GGUFReader
+  reader = original(path)
+  gguf.GGUFReader = lambda file, *args, **kwargs: (
+      reader if os.path.abspath(file) == os.path.abspath(path) and not args and not kwargs
+      else original(file, *args, **kwargs))
 
 
 if __name__ == '__main__':
