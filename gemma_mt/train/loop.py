@@ -38,6 +38,7 @@ from gemma_mt.train import perf
 from gemma_mt.train import reporting
 from gemma_mt.train import sharding
 from gemma_mt.train import step as step_lib
+from gemma_mt.train import workdir_lock
 from gemma_mt.train.config import ConfigError, TrainConfig, workdir_not_writable
 from gemma_mt.train.mesh_spec import MeshSpec
 from gemma_mt.decoding import Translator
@@ -380,10 +381,22 @@ def train_and_evaluate(config: TrainConfig, *,
 
   ``devices`` (default: all devices of all processes) are laid out by ``config.mesh``. SIGTERM
   or SIGINT ends the run after the current step with a checkpoint (``result.preempted``).
+  Raises ``workdir_lock.WorkdirBusyError`` if another job is training in ``config.workdir``.
   """
   config.validate()
   config.check_paths()
+  lock = workdir_lock.WorkdirLock(config.workdir)
+  try:
+    return _train_and_evaluate(config, devices, lock)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: TrainConfig, devices: list[jax.Device] | None,
+                        lock: workdir_lock.WorkdirLock) -> TrainResult:
   is_main = jax.process_index() == 0
+  if os.path.isdir(config.workdir):
+    lock.acquire()  # before anything is read: another job may be writing it
   latest = _read_latest(config.workdir)
   if config.lora and latest and latest.config and latest.config.lora:
     # The same command resumes without the base's flags: the run recorded them.
@@ -436,6 +449,7 @@ def train_and_evaluate(config: TrainConfig, *,
   # A fresh run reads its weights before anything is written, so a mismatch costs nothing.
   loaded = initial_params() if not _has_checkpoint(config.workdir) else None
   _make_workdir(config.workdir)
+  lock.acquire()
   saved_tokenizer = os.path.join(config.workdir, WORKDIR_TOKENIZER)
   if is_main and not os.path.isfile(saved_tokenizer):
     shutil.copyfile(tokenizer.path, saved_tokenizer + '.tmp')
