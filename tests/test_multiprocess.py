@@ -114,7 +114,8 @@ def _resumed_step(stderr: str) -> list[int]:
 
 def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   """One job (LoRA on an int8 base: 2 processes × 4 devices, each reading its shards of the
-  base), stopped twice and resumed each time. SIGINT (Ctrl-C) to a single process becomes JAX's
+  base), stopped twice and resumed each time; while it trains, the workdir is refused to a second
+  job. SIGINT (Ctrl-C) to a single process becomes JAX's
   preemption notice (SIGTERM, what the launcher passes on to every process and a scheduler
   sends), which the job shares: all stop at one agreed step, save it and exit 0. The same
   command resumes there on 2 processes; SIGKILL to one of them ends the job within the
@@ -126,6 +127,20 @@ def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for_step(tmp_path, 4, proc)
+  # While it trains, the same workdir is refused to another job of one process or of two (the
+  # lock's holder, process 0, answers for both of its processes): one line and exit status 2
+  # from each process (the launcher's status is 1: a process failed).
+  busy = f'error: --workdir={tmp_path} is in use by another training job (pid '
+  done = _single(tmp_path, 400, *lora)
+  assert done.returncode == 2 and done.stderr.startswith(busy), done.stderr[-3000:]
+  assert done.stderr.count('\n') == 1
+  done = _launch(tmp_path, 400, *lora)
+  assert done.returncode == 1 and 'exited with status 2' in done.stderr, done.stderr[-3000:]
+  lines = [l for l in done.stderr.splitlines() if 'in use by another training job' in l]
+  assert len(lines) == 2 and sum(l.startswith(busy) for l in lines) == 1, lines
+  assert (f'[process 1] error: --workdir={tmp_path} is in use by another training job (see '
+          'process 0): wait for it to end, or use another --workdir') in lines
+  assert proc.poll() is None, 'the job ended before the refused ones'
   _process_1(proc).send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 0, stderr[-3000:]

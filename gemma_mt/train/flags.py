@@ -15,7 +15,8 @@ from gemma_mt.train.distributed import DistributedOptions
 
 _HELP = {
     'workdir': 'Directory of this run: checkpoints/, metrics.jsonl, tensorboard/. A workdir '
-               'with checkpoints resumes from the latest one.',
+               'with checkpoints resumes from the latest one; one training job at a time (a '
+               'second is refused while the first runs).',
     'model': 'Model name (python -m gemma_mt.models --list): tiny (the embedded default), bench, '
              'or a released Gemma (gemma-2b[-it], gemma2-2b[-it], gemma3-270m[-it], '
              'gemma3-1b[-it], gemma3-4b[-it]). Empty: the model --ckpt holds, else tiny.',
