@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from gemma_mt import errors
+from gemma_mt.train import distributed
 from gemma_mt.train import sharding
 from gemma_mt.train.config import TrainConfig
 
@@ -231,7 +232,8 @@ class RunCheckpoints:
         restored = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except  # classified below, never swallowed
         failure = e
-      outcome = _agreed_outcome(_outcome_of(failure, os.path.join(self.directory, str(step))))
+      outcome = distributed.agreed_max(
+          _outcome_of(failure, os.path.join(self.directory, str(step))))
       if outcome == _RESTORED:
         return step, restored
       if outcome == _REFUSED:
@@ -330,13 +332,6 @@ def _outcome_of(failure: BaseException | None, step_directory: str) -> int:
   if failure is None:
     return _RESTORED
   return _DAMAGED if is_damage(failure, step_directory) else _REFUSED
-
-
-def _agreed_outcome(outcome: int) -> int:
-  """The worst outcome over all processes (one decision for the whole job)."""
-  if jax.process_count() == 1:
-    return outcome
-  return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
 
 
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -90,3 +90,15 @@ def initialize(options: DistributedOptions) -> None:
         heartbeat_timeout_seconds=options.heartbeat_timeout_seconds)
   elif detected_cluster() is not None:
     jax.distributed.initialize(heartbeat_timeout_seconds=options.heartbeat_timeout_seconds)
+
+
+def agreed_max(value: int) -> int:
+  """The largest ``value`` of all the job's processes, each of which calls this at the same
+  point: one decision for the whole job (e.g. the worst outcome of a step that can fail)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  if jax.process_count() == 1:
+    return value
+  return int(np.max(multihost_utils.process_allgather(np.int64(value))))

@@ -19,9 +19,8 @@ import socket
 import time
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
+from gemma_mt.train import distributed
 from gemma_mt.train.config import ConfigError
 
 _LOG = logging.getLogger(__name__)
@@ -61,9 +60,7 @@ class WorkdirLock:
       except OSError as e:
         failure = e
     # 0: locked; 1: another job holds it; 2: the lock file cannot be opened.
-    outcome = 2 if failure else int(bool(holder))
-    if jax.process_count() > 1:
-      outcome = int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
+    outcome = distributed.agreed_max(2 if failure else int(bool(holder)))
     workdir = os.path.dirname(self.path)
     if outcome == 2:
       raise ConfigError(f'--workdir={workdir}: cannot open {LOCK_FILE} '
