@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env, tensorboard_events
-from gemma_mt.train import checkpoint, loop
+from gemma_mt.train import checkpoint, loop, workdir_lock
 from gemma_mt.train.config import TrainConfig
 
 FLAGS = ['--max_steps=24', '--batch_size=16', '--save_every_n=6', '--log_every_n=1',
@@ -316,6 +316,9 @@ def test_readers_leave_a_save_in_flight_alone_and_closing_leaves_no_thread(refer
   for path in unfinished:
     (path / 'state').mkdir(parents=True)
   before = set(threading.enumerate())
+  # The lock of a job training there, held as its process 0 holds it: readers take none.
+  training = workdir_lock.WorkdirLock(str(tmp_path / 'run'))
+  training.acquire()
   reader = checkpoint.RunCheckpoints.for_reading(str(directory))
   try:
     assert reader.latest_step() == 24 and reader.saved_config(24).max_steps == 24
@@ -324,6 +327,7 @@ def test_readers_leave_a_save_in_flight_alone_and_closing_leaves_no_thread(refer
   finally:
     reader.close()
   _assert_same_params(inference.from_workdir(str(tmp_path / 'run')).params, ref_params)
+  training.release()
   for thread in set(threading.enumerate()) - before:
     thread.join(timeout=60)  # whatever a reader started has had its chance to delete
   assert all(path.is_dir() for path in unfinished)

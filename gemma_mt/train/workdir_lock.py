@@ -30,7 +30,7 @@ _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class WorkdirBusyError(ConfigError):
-  """Another job holds the workdir's lock; nothing was read or written."""
+  """Another job holds the workdir's lock; this one wrote nothing there."""
 
 
 class WorkdirLock:
