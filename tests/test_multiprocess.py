@@ -115,12 +115,11 @@ def _resumed_step(stderr: str) -> list[int]:
 def test_ctrl_c_or_a_killed_process_stops_the_job_and_it_resumes(tmp_path):
   """One job (LoRA on an int8 base: 2 processes × 4 devices, each reading its shards of the
   base), stopped twice and resumed each time; while it trains, the workdir is refused to a second
-  job. SIGINT (Ctrl-C) to a single process becomes JAX's
-  preemption notice (SIGTERM, what the launcher passes on to every process and a scheduler
-  sends), which the job shares: all stop at one agreed step, save it and exit 0. The same
-  command resumes there on 2 processes; SIGKILL to one of them ends the job within the
-  heartbeat timeout. The same command on one process of 8 devices reads the base again and
-  goes on from the last checkpoint."""
+  job. SIGINT (Ctrl-C) to a single process becomes JAX's preemption notice (SIGTERM, what the
+  launcher passes on to every process and a scheduler sends), which the job shares: all stop at
+  one agreed step, save it and exit 0. The same command resumes there on 2 processes; SIGKILL
+  to one of them ends the job within the heartbeat timeout. The same command on one process of
+  8 devices reads the base again and goes on from the last checkpoint."""
   lora = ['--lora_rank=4', '--base_quantization=int8']
   # A short heartbeat: the survivor notices within it (the default, 20 s, works the same way).
   command = _launch_command(tmp_path, 400, *lora) + ['--heartbeat_timeout_seconds=5']
