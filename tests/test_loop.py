@@ -9,7 +9,8 @@ import pytest
 
 from conftest import tensorboard_events
 from gemma_mt.data import pipeline
-from gemma_mt.train import checkpoint, loop
+from gemma_mt.errors import UserError
+from gemma_mt.train import checkpoint, divergence, loop
 from gemma_mt.train.checkpoint import CheckpointError
 from gemma_mt.train.config import ConfigError, TrainConfig
 
@@ -74,6 +75,35 @@ def test_resume_continues_exactly(uninterrupted, tmp_path):
   assert _losses(tmp_path) == _losses(workdir)
   for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(result.state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_diverging_run_stops_before_saving_and_resumes_from_its_last_checkpoint(
+    uninterrupted, tmp_path):
+  """A learning rate of 1e30 from step 5 on: the parameters it leaves give a finite loss (that of
+  uniform guesses) but NaN gradients at step 6, whose update leaves NaN parameters. Whichever
+  check sees it first (the report, the evaluation, the check before a save), the run
+  stops with one line naming the step and keeps its checkpoints as they were; the same command
+  with a sane rate resumes from the last one, as if nothing had happened."""
+  loop.train_and_evaluate(_config(tmp_path, max_steps=4))  # saved at step 4
+  diverging = dict(learning_rate=1e30, log_every_n=100, eval_every_n=100, save_every_n=100)
+  for overrides, metric, step in (
+      (dict(log_every_n=2), 'grad_norm', 6),  # the report at step 6
+      (dict(save_every_n=6), 'grad_norm', 6),  # the save due at step 6
+      (dict(eval_every_n=6), 'eval_loss', 6),  # the evaluation after step 6
+  ):
+    with pytest.raises(divergence.TrainingDivergedError) as raised:
+      loop.train_and_evaluate(_config(tmp_path, **{**diverging, **overrides}))
+    assert str(raised.value) == (
+        f'training diverged: {metric} is nan at step {step}, and nothing from that step on was '
+        'saved; the checkpoints up to step 4 are kept: lower --learning_rate and run the same '
+        'command to resume from step 4')
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['4']
+    assert isinstance(raised.value, UserError)  # one line and exit status 2 from the CLI
+  # The last failure's metrics are on file for a look; resuming drops them.
+  assert np.isnan(_metrics(tmp_path)[-1]['eval_loss'])
+  loop.train_and_evaluate(_config(tmp_path, max_steps=8))
+  workdir, _ = uninterrupted
+  assert _losses(tmp_path) == {s: v for s, v in _losses(workdir).items() if s <= 8}
 
 
 def test_other_model_in_workdir_is_refused(uninterrupted):

@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import sources as model_sources
 from gemma_mt.models import lora
 from gemma_mt.train import checkpoint
+from gemma_mt.train import divergence
 from gemma_mt.train import frozen_base
 from gemma_mt.train import memory
 from gemma_mt.train import optimizer as optimizer_lib
@@ -381,7 +382,9 @@ def train_and_evaluate(config: TrainConfig, *,
 
   ``devices`` (default: all devices of all processes) are laid out by ``config.mesh``. SIGTERM
   or SIGINT ends the run after the current step with a checkpoint (``result.preempted``).
-  Raises ``workdir_lock.WorkdirBusyError`` if another job is training in ``config.workdir``.
+  Raises ``workdir_lock.WorkdirBusyError`` if another job is training in ``config.workdir``,
+  and ``divergence.TrainingDivergedError`` when a loss or gradient norm stops being finite (the
+  state from that step on is never saved).
   """
   config.validate()
   config.check_paths()
@@ -605,7 +608,7 @@ class _Reports:
         num_frozen_params=models.count_params(run.base_layout.abstract_base)
         if run.base_layout is not None else 0)
     self._peak = perf.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
-    self._pending: list[dict[str, jax.Array]] = []
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
     self.restart_clock()
 
   @property
@@ -615,12 +618,16 @@ class _Reports:
   def restart_clock(self) -> None:
     self._window_start, self.data_wait = time.perf_counter(), 0.0
 
-  def add(self, step: int, metrics: dict[str, jax.Array], *, last: bool) -> None:
-    self._pending.append(metrics)
+  def add(self, step: int, metrics: dict[str, jax.Array], *,
+          last: bool) -> divergence.Divergence | None:
+    """Reports at a report step (or the last); returns the first non-finite step then."""
+    self._pending.append((step, metrics))
     if step % self._run.config.log_every_n and not last:
-      return
-    # The only host synchronisation of the step loop: once per report.
-    fetched, self._pending = jax.device_get(self._pending), []
+      return None
+    # The host synchronisation of the step loop: once per report (and before a save).
+    steps = [s for s, _ in self._pending]
+    fetched = jax.device_get([m for _, m in self._pending])
+    self._pending = []
     elapsed = time.perf_counter() - self._window_start
     step_time = elapsed / len(fetched)
     report = {k: float(v) for k, v in fetched[-1].items()
@@ -637,6 +644,13 @@ class _Reports:
                           tok_s=f'{report["target_tokens_per_sec"]:.0f}', refresh=False)
     self._bar.update(step - self._bar.n)
     self.restart_clock()
+    return divergence.first_nonfinite(zip(steps, fetched))
+
+  def first_nonfinite_pending(self) -> divergence.Divergence | None:
+    """The first step since the last report whose loss or gradient norm is not finite."""
+    watched = jax.device_get([{k: m[k] for k in divergence.WATCHED if k in m}
+                              for _, m in self._pending])
+    return divergence.first_nonfinite(zip((s for s, _ in self._pending), watched))
 
 
 def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data: RunData,
@@ -666,10 +680,16 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
   quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
 
+  def stop_diverged(found: divergence.Divergence) -> NoReturn:
+    store.wait_until_finished()  # the saves before it are good: let them complete
+    raise divergence.TrainingDivergedError(found, store.latest_step())
+
   def save(step: int, *, metrics: dict[str, float] | None, force: bool) -> None:
     nonlocal consumed, uncounted
     if not (force or store.should_save(step)):
       return
+    if found := reports.first_nonfinite_pending():
+      stop_diverged(found)
     if uncounted:  # packed rows: the examples they held, counted on the devices
       consumed += int(sum(jax.device_get(uncounted)))
       uncounted = []
@@ -689,12 +709,16 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         else:
           consumed += config.batch_size
         last = step == start.num_steps
-        reports.add(step, metrics, last=last)
+        if found := reports.add(step, metrics, last=last):
+          stop_diverged(found)
         eval_metrics = None
         bleu_due = _bleu_due(config, step, last)
         if step % config.eval_every_n == 0 or last or bleu_due:
           eval_metrics = evaluate(run.eval_fn, state.params, eval_batches, mesh, frozen)
           eval_loss = eval_metrics['eval_loss']
+          if found := divergence.first_nonfinite([(step, eval_metrics)], ['eval_loss']):
+            sink.write(step, eval_metrics)
+            stop_diverged(found)
           line = (f'step {step}: eval_loss {eval_loss:.4f}, '
                   f'eval_accuracy {eval_metrics["eval_accuracy"]:.4f}')
           if bleu_due:
