@@ -232,6 +232,24 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   best = min(evals, key=evals.get)
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
   assert kept == sorted({best, 16})
+  # Stopped at step 8 and resumed (keeping 2): the best checkpoint outlives the resume (its
+  # evaluation is saved with it), and the resumed run saves only at a new best of the whole run.
+  workdir = tmp_path / 'resumed'
+  for steps in (8, 16):
+    loop.train_and_evaluate(_config(workdir, max_steps=steps, eval_every_n=4, save_every_n=100,
+                                    keep_checkpoints=2, learning_rate=0.5, grad_clip_norm=0.0))
+  new_bests = {s for s in evals if all(evals[s] < evals[t] for t in evals if t < s)}
+  saves = sorted(new_bests | {8, 16})  # and at the end of each leg
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
+  assert kept == sorted(set(saves[-2:]) | {best}), (evals, kept)
+  # A damaged metrics file stops the next run with one line naming it; readers do not read it.
+  metrics_file = workdir / 'checkpoints' / str(best) / 'metrics' / 'metrics'
+  metrics_file.write_text('{"eval_lo')
+  with pytest.raises(checkpoint.CheckpointError, match=f'^{metrics_file} is damaged .*: restore it, or '
+                     f'delete it \\(checkpoint {best} is then not ranked'):
+    loop.train_and_evaluate(_config(workdir, max_steps=20, eval_every_n=4, keep_checkpoints=2))
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == kept
+  assert checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints')).latest_step() == 16
   # --best_metric=bleu keeps the checkpoint of the highest BLEU instead.
   workdir = tmp_path / 'bleu'
   loop.train_and_evaluate(_config(workdir, max_steps=16, eval_every_n=4, save_every_n=4,

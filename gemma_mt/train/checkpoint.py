@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -72,13 +73,17 @@ class RunCheckpoints:
                best_metric: str = 'loss', read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    self._best_key = BEST_METRIC_KEYS[best_metric]
+    self._lower_is_better = best_metric == 'loss'
     if read_only:
       # No directory made, nothing deleted: a reader must not remove the temporary directory
       # of a save that the run training in this workdir is writing right now. (Orbax's
       # read_only=True does the same but logs a warning on every opening.)
+      # Nor does it read each checkpoint's metrics (lightweight_initialize): only a run ranks.
       options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False,
-                                             save_interval_steps=0)
+                                             save_interval_steps=0, lightweight_initialize=True)
     else:
+      _check_metrics_files(self.directory)
       save_policies = [policies.FixedIntervalPolicy(save_every_n),
                        policies.PreemptionCheckpointingPolicy()]
       if save_every_minutes:
@@ -94,10 +99,12 @@ class RunCheckpoints:
               policies.LatestN(n=keep),
               # Ascending sort keeps the last n: the lowest loss with reverse=True, the highest
               # BLEU without.
-              policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC_KEYS[best_metric]],
-                             reverse=best_metric == 'loss', n=1,
-                             keep_checkpoints_without_metrics=False),
+              policies.BestN(get_metric_fn=self._ranking_value, reverse=self._lower_is_better,
+                             n=1, keep_checkpoints_without_metrics=False),
           ]),
+          # A best_fn makes Orbax write each save's metrics beside it (BestN alone keeps them in
+          # memory only): a resumed run's manager then still knows which checkpoint is the best.
+          best_fn=self._ranking_value, best_mode='min' if self._lower_is_better else 'max',
       )
     # Handlers registered up front, so that a fresh manager reads metadata before any save.
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -124,6 +131,16 @@ class RunCheckpoints:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def _ranking_value(self, metrics: dict[str, float]) -> float:
+    """A checkpoint's rank for the best: its evaluation, or the worst for a save without one."""
+    worst = math.inf if self._lower_is_better else -math.inf
+    return metrics.get(self._best_key, worst)
+
+  def best_saved_value(self) -> float | None:
+    """The best ``best_metric`` value a kept checkpoint was saved with; None if none was."""
+    step = self._manager.best_step()
+    return ((self._manager.metrics(step) if step is not None else None) or {}).get(self._best_key)
 
   def saved_config(self, step: int) -> TrainConfig:
     restored = self._manager.restore(
@@ -178,7 +195,8 @@ class RunCheckpoints:
     })
     # Saving first waits for the previous asynchronous save, so its failure surfaces here.
     with self._save_failures():
-      return self._manager.save(step, args=args, metrics=metrics, force=force)
+      # Metrics even where there was no evaluation ({}): Orbax warns of a save without them.
+      return self._manager.save(step, args=args, metrics=metrics or {}, force=force)
 
   @contextlib.contextmanager
   def _save_failures(self) -> Iterator[None]:
@@ -301,6 +319,27 @@ def check_config_compatible(config: TrainConfig, saved: TrainConfig, directory: 
   for name, (old, new) in changes.items():
     if name != 'workdir':
       _LOG.info('resuming with --%s=%r (checkpoint was saved with %r)', name, new, old)
+
+
+def _check_metrics_files(directory: str) -> None:
+  """Raises CheckpointError naming a checkpoint's metrics file that is not JSON.
+
+  Orbax reads every checkpoint's metrics when a run opens the directory, and an undecodable
+  file would stop it with a traceback; the file is named here instead, and nothing is moved.
+  """
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name, 'metrics', 'metrics')
+    if not (name.isdigit() and os.path.isfile(path)):
+      continue
+    try:
+      with open(path, encoding='utf-8') as f:
+        json.load(f)
+    except (ValueError, OSError) as e:
+      raise CheckpointError(
+          f'{path} is damaged ({e}): restore it, or delete it (checkpoint {name} is then not '
+          'ranked for the best evaluation), and run again') from e
 
 
 _RESTORED, _DAMAGED, _REFUSED = 0, 1, 2

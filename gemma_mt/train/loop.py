@@ -675,7 +675,9 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
     _LOG.info('%d steps of %d examples (%d accumulation steps); %.3g FLOPs per step in the '
               'model (6 × parameters × tokens + attention)', start.num_steps, config.batch_size,
               config.grad_accum_steps, reports.model_flops_per_step)
-  eval_loss, best, preempted = None, None, False
+  # A resumed run's new best must beat its kept checkpoints' best, or its first evaluation
+  # would always count as one and be saved.
+  eval_loss, best, preempted = None, store.best_saved_value(), False
   best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
   quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
