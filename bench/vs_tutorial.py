@@ -58,7 +58,6 @@ def matmul_tflops() -> float:
 def tutorial_row(pairs, tokenizer, model, params, args) -> dict:
   """(a): tf.data + tf.numpy_function tokenization, padded rows, a plain jitted step."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import optax
   import tensorflow as tf

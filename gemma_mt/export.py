@@ -35,10 +35,11 @@ FORMATS = ('gemma', 'hf')
 RUN_CONFIG_FILE = 'gemma_mt_config.json'
 
 
-def export_params(workdir: str, out: str, step: int | None = None,
+def export_params(workdir: str, out: str, step: int | str | None = None,
                   export_format: str = 'gemma', *, merge_lora: bool = False,
                   adapters_only: bool = False) -> str:
-  """Writes the parameters of ``workdir``'s checkpoint ``step`` (default: latest) to ``out``.
+  """Writes the parameters of ``workdir``'s checkpoint ``step`` to ``out`` (default: the latest;
+  ``'best'``: the best evaluation, ``RunCheckpoints.pick_step``).
 
   A LoRA run needs ``merge_lora`` (the full model, base and adapters folded) or
   ``adapters_only`` (PEFT's adapter files). Returns the path written (the parameters' folder,
@@ -62,13 +63,7 @@ def export_params(workdir: str, out: str, step: int | None = None,
     raise errors.UserError(f'--out={out} exists and is not empty: choose a new folder')
   store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
-    steps = store.all_steps()
-    if not steps:
-      raise errors.UserError(f'--workdir={workdir} has no complete checkpoint')
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise errors.UserError(f'--step={step} is not a checkpoint of {workdir}: '
-                             f'{", ".join(map(str, steps))}')
+    step = store.pick_step(step, workdir)
     config = store.saved_config(step)
   finally:
     store.close()
@@ -145,7 +140,8 @@ def main(argv: list[str]) -> None:
 def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The run directory.', required=True)
   flags.DEFINE_string('out', None, 'A new (or empty) folder for the export.', required=True)
-  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.DEFINE_string('step', None, 'Checkpoint step to export, or best: the best evaluation '
+                      'by the run\'s --best_metric (default: the latest).')
   flags.DEFINE_enum('format', 'gemma', FORMATS, 'gemma: an Orbax checkpoint in the gemma '
                     'library\'s layout; hf: a Hugging Face directory (safetensors).')
   flags.DEFINE_boolean('merge_lora', False, 'A LoRA run: export its base with the adapters '

@@ -40,20 +40,16 @@ def _single_device(abstract_params: Any) -> Any:
                       abstract_params)
 
 
-def from_workdir(workdir: str, step: int | None = None) -> InferenceModel:
-  """The parameters a run saved at ``step`` (default: its latest checkpoint)."""
+def from_workdir(workdir: str, step: int | str | None = None) -> InferenceModel:
+  """The parameters a run saved at ``step``: its latest checkpoint by default, ``'best'`` for
+  its best evaluation (``RunCheckpoints.pick_step``)."""
   directory = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
-      directory) else []
-  if not steps:
+  if not os.path.isdir(directory):
     raise InferenceError(f'--workdir={workdir} holds no checkpoint: train first, or pass a '
                          'released model with --ckpt')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise InferenceError(f'--step={step}: {workdir} has checkpoints at steps '
-                         f'{", ".join(map(str, steps))}')
   store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
+    step = store.pick_step(step, workdir)
     config = store.saved_config(step)
   finally:
     store.close()

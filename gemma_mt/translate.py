@@ -1,6 +1,6 @@
 """``python -m gemma_mt.translate``: English lines in, one French line out per line, in order.
 
-    python -m gemma_mt.translate --workdir=runs/demo [--step=N] [--input=FILE] [--output=FILE]
+    python -m gemma_mt.translate --workdir=runs/demo [--step=N|best] [--input=FILE] [--output=FILE]
     python -m gemma_mt.translate --ckpt=gguf:gemma3-270m < english.txt
 
 Input is standard input unless ``--input``; output standard output unless ``--output``; a progress
@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # the heavy modules load only once the flags are known to be 
 def define_model_flags() -> None:
   """Where the model comes from (shared with ``gemma_mt.evaluate``)."""
   flags.DEFINE_string('workdir', '', 'A training run: translate with its checkpoint.')
-  flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
+  flags.DEFINE_string('step', None, 'The checkpoint step, or best: the best evaluation by the '
+                      'run\'s --best_metric (default: the latest).')
   flags.DEFINE_string('ckpt', '', 'Or a released model as it is (as --ckpt of gemma_mt.train).')
   flags.DEFINE_string('model', '', 'With --ckpt: the model name, if the source does not say.')
   flags.DEFINE_string('tokenizer', '', 'With --ckpt: a tokenizer.model, if not beside it.')

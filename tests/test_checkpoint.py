@@ -242,6 +242,9 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   saves = sorted(new_bests | {8, 16})  # and at the end of each leg
   kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
   assert kept == sorted(set(saves[-2:]) | {best}), (evals, kept)
+  readers = checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints'))
+  assert readers.pick_step('best', str(workdir)) == best and best != 16
+  assert readers.pick_step(None, str(workdir)) == readers.pick_step('16', str(workdir)) == 16
   # A damaged metrics file stops the next run with one line naming it; readers do not read it.
   metrics_file = workdir / 'checkpoints' / str(best) / 'metrics' / 'metrics'
   metrics_file.write_text('{"eval_lo')
@@ -249,7 +252,9 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
                      f'delete it \\(checkpoint {best} is then not ranked'):
     loop.train_and_evaluate(_config(workdir, max_steps=20, eval_every_n=4, keep_checkpoints=2))
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == kept
-  assert checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints')).latest_step() == 16
+  assert readers.latest_step() == 16
+  with pytest.raises(checkpoint.CheckpointError, match=f'^{metrics_file} is damaged'):
+    readers.pick_step('best', str(workdir))
   # --best_metric=bleu keeps the checkpoint of the highest BLEU instead.
   workdir = tmp_path / 'bleu'
   loop.train_and_evaluate(_config(workdir, max_steps=16, eval_every_n=4, save_every_n=4,
@@ -261,6 +266,8 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
   best = max(bleus, key=bleus.get)
   kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
   assert kept == sorted({best, 16})
+  assert checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints')).pick_step(
+      'best', str(workdir)) == best
 
 
 # Orbax's own refusal of other shapes leaves reads running that outlive its event loop.
@@ -299,9 +306,10 @@ def test_init_from_takes_parameters_only(tmp_path):
 def test_export_loads_in_plain_orbax_and_gemma(reference, tmp_path):
   ref_dir, _, ref_params = reference
   out = tmp_path / 'export'
+  # The best evaluation (of steps 12 and 24) is the latest's here.
   done = subprocess.run([sys.executable, '-m', 'gemma_mt.export', f'--workdir={ref_dir}',
-                         f'--out={out}'], cwd=REPO, env=subprocess_env(), capture_output=True,
-                        text=True, timeout=120)
+                         f'--out={out}', '--step=best'], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   import orbax.checkpoint as ocp
   from gemma import gm

@@ -133,7 +133,6 @@ def lora_run(tmp_path_factory):
 
 def test_only_adapters_train_and_are_saved(lora_run, tmp_path):
   workdir, result = lora_run
-  config = _config(workdir)
   saved = checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints'))
   try:
     metadata = saved._manager.item_metadata(12)['state']

@@ -222,8 +222,9 @@ def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
                        max_new_tokens=48)
   assert out[:5] == library(lines)
   # Standard input to standard output works the same.
+  # (Its one checkpoint, step 100, was saved with an evaluation: it is the best too.)
   piped = _cli('gemma_mt.translate', f'--workdir={workdir}', '--max_new_tokens=48',
-               stdin='I will not find the flowers.\n')
+               '--step=best', stdin='I will not find the flowers.\n')
   assert piped.returncode == 0 and piped.stdout == out[2] + '\n'
 
 
@@ -237,6 +238,9 @@ def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_pat
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == (
       f'error: --step=7: {workdir} has checkpoints at steps 100')
+  done = _cli('gemma_mt.translate', f'--workdir={workdir}', '--step=last', stdin='The cat.\n')
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1] == 'error: --step=last: pass a step number or best'
 
 
 def test_evaluate_cli_json_and_tsv(trained, tmp_path):

@@ -83,7 +83,7 @@ class RunCheckpoints:
       options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False,
                                              save_interval_steps=0, lightweight_initialize=True)
     else:
-      _check_metrics_files(self.directory)
+      _saved_metrics(self.directory)  # a damaged file stops the run here, in one line
       save_policies = [policies.FixedIntervalPolicy(save_every_n),
                        policies.PreemptionCheckpointingPolicy()]
       if save_every_minutes:
@@ -141,6 +141,30 @@ class RunCheckpoints:
     """The best ``best_metric`` value a kept checkpoint was saved with; None if none was."""
     step = self._manager.best_step()
     return ((self._manager.metrics(step) if step is not None else None) or {}).get(self._best_key)
+
+  def pick_step(self, step: int | str | None, workdir: str) -> int:
+    """The checkpoint ``--step`` names: None → the latest; ``'best'`` → the best evaluation
+    by the run's ``--best_metric``; a number → that step. CheckpointError if there is none."""
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f'--workdir={workdir} holds no checkpoint: train first')
+    listed = ', '.join(map(str, steps))
+    if step is None:
+      return steps[-1]
+    if step == 'best':
+      metric = self.saved_config(steps[-1]).best_metric
+      key = BEST_METRIC_KEYS[metric]
+      ranked = {s: m[key] for s, m in _saved_metrics(self.directory).items()
+                if s in steps and key in m}
+      if not ranked:
+        raise CheckpointError(f'--step=best: no checkpoint of {workdir} was saved with an '
+                              f'evaluation ({key}): pass one of its steps, {listed}')
+      return (min if metric == 'loss' else max)(ranked, key=ranked.get)
+    if isinstance(step, str) and not step.isdigit():
+      raise CheckpointError(f'--step={step}: pass a step number or best')
+    if int(step) not in steps:
+      raise CheckpointError(f'--step={step}: {workdir} has checkpoints at steps {listed}')
+    return int(step)
 
   def saved_config(self, step: int) -> TrainConfig:
     restored = self._manager.restore(
@@ -321,25 +345,25 @@ def check_config_compatible(config: TrainConfig, saved: TrainConfig, directory: 
       _LOG.info('resuming with --%s=%r (checkpoint was saved with %r)', name, new, old)
 
 
-def _check_metrics_files(directory: str) -> None:
-  """Raises CheckpointError naming a checkpoint's metrics file that is not JSON.
+def _saved_metrics(directory: str) -> dict[int, dict[str, float]]:
+  """Each checkpoint's saved metrics (``{}`` for a save without an evaluation), by step.
 
-  Orbax reads every checkpoint's metrics when a run opens the directory, and an undecodable
-  file would stop it with a traceback; the file is named here instead, and nothing is moved.
+  Raises CheckpointError naming a metrics file that is not JSON: Orbax reads every
+  checkpoint's metrics when a run opens the directory, and would stop with a traceback.
   """
-  if not os.path.isdir(directory):
-    return
-  for name in sorted(os.listdir(directory)):
+  saved = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     path = os.path.join(directory, name, 'metrics', 'metrics')
     if not (name.isdigit() and os.path.isfile(path)):
       continue
     try:
       with open(path, encoding='utf-8') as f:
-        json.load(f)
+        saved[int(name)] = json.load(f)
     except (ValueError, OSError) as e:
       raise CheckpointError(
           f'{path} is damaged ({e}): restore it, or delete it (checkpoint {name} is then not '
           'ranked for the best evaluation), and run again') from e
+  return saved
 
 
 _RESTORED, _DAMAGED, _REFUSED = 0, 1, 2
