@@ -270,6 +270,52 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
       'best', str(workdir)) == best
 
 
+def _eval_losses(workdir) -> dict[int, float]:
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return {m['step']: m['eval_loss'] for m in map(json.loads, lines) if 'eval_loss' in m}
+
+
+def test_early_stopping_stops_at_its_patience_and_the_count_survives_a_resume(tmp_path, caplog):
+  """--early_stopping_patience=3 stops the run, with a checkpoint, at the third evaluation in a
+  row that does not beat the best. Stopped and resumed before it, the run stops at the same step
+  (each checkpoint saves the count); the same command again trains no further; patience 0 goes
+  on exactly as the run that never stopped."""
+  settings = dict(eval_every_n=2, save_every_n=100, keep_checkpoints=1, learning_rate=0.5,
+                  grad_clip_norm=0.0)
+  loop.train_and_evaluate(_config(tmp_path / 'ref', max_steps=16, **settings))
+  evals = _eval_losses(tmp_path / 'ref')
+  best, since, stop = None, 0, None
+  for step in sorted(evals):
+    best, since = (step, 0) if best is None or evals[step] < evals[best] else (best, since + 1)
+    if since == 3:
+      stop = step
+      break
+  # This rate overshoots: the best comes early, and the first leg below ends after it.
+  assert stop is not None and best < stop - 2 and stop < 16, evals
+  workdir = tmp_path / 'run'
+  patient = dict(settings, early_stopping_patience=3)
+  first = loop.train_and_evaluate(_config(workdir, max_steps=stop - 2, **patient))
+  assert not first.stopped_early and first.step == stop - 2
+  result = loop.train_and_evaluate(_config(workdir, max_steps=16, **patient))
+  assert result.stopped_early and result.step == stop
+  assert (f'stopping early at step {stop}: 3 evaluations without a better eval_loss than '
+          f'{evals[best]:.4f} (checkpoint {best}, --step=best); saved a checkpoint'
+          ) in caplog.messages
+  assert _eval_losses(workdir) == {s: v for s, v in evals.items() if s <= stop}
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [best, stop]
+  readers = checkpoint.RunCheckpoints.for_reading(str(workdir / 'checkpoints'))
+  assert readers.pick_step('best', str(workdir)) == best
+  again = loop.train_and_evaluate(_config(workdir, max_steps=16, **patient))
+  assert again.stopped_early and again.step == stop
+  assert (f'not training: this run stopped early at step {stop} (3 evaluations without a better '
+          'eval_loss); pass a larger --early_stopping_patience (or 0) to go on') in caplog.messages
+  assert _eval_losses(workdir) == {s: v for s, v in evals.items() if s <= stop}
+  going_on = loop.train_and_evaluate(_config(workdir, max_steps=16, **settings))
+  assert not going_on.stopped_early and going_on.step == 16
+  assert _eval_losses(workdir) == evals
+  assert _train_losses(workdir) == _train_losses(tmp_path / 'ref')
+
+
 # Orbax's own refusal of other shapes leaves reads running that outlive its event loop.
 @pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
 def test_init_from_takes_parameters_only(tmp_path):

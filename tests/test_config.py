@@ -37,6 +37,7 @@ def test_defaults_are_valid_and_round_trip_through_json(tmp_path):
     (dict(num_epochs=0, max_steps=0), '--num_epochs'),
     (dict(prompt_template='chatml'), '--prompt_template'),
     (dict(workdir=''), '--workdir'),
+    (dict(early_stopping_patience=-1), '--early_stopping_patience'),
 ])
 def test_bad_values_name_their_flag(tmp_path, change, flag):
   with pytest.raises(ConfigError, match=flag):

@@ -137,10 +137,13 @@ class RunCheckpoints:
     worst = math.inf if self._lower_is_better else -math.inf
     return metrics.get(self._best_key, worst)
 
-  def best_saved_value(self) -> float | None:
-    """The best ``best_metric`` value a kept checkpoint was saved with; None if none was."""
+  def best_saved(self) -> tuple[int, float] | None:
+    """The kept checkpoint of the best ``best_metric`` value, and that value; None if none
+    was saved with one."""
     step = self._manager.best_step()
-    return ((self._manager.metrics(step) if step is not None else None) or {}).get(self._best_key)
+    value = ((self._manager.metrics(step) if step is not None else None) or {}).get(
+        self._best_key)
+    return None if value is None else (step, value)
 
   def pick_step(self, step: int | str | None, workdir: str) -> int:
     """The checkpoint ``--step`` names: None → the latest; ``'best'`` → the best evaluation
@@ -178,6 +181,11 @@ class RunCheckpoints:
     """The fingerprint of the frozen base a LoRA checkpoint was trained on (None: not LoRA)."""
     return self._saved_meta(step).get('lora_base')
 
+  def saved_evals_since_best(self, step: int) -> int:
+    """Evaluations in a row without a new best at checkpoint ``step``, counted by this run's
+    ``--best_metric`` (0 where it was saved ranking another one, or before this was saved)."""
+    return self._saved_meta(step).get('evals_since_best', {}).get(self._best_key, 0)
+
   def _saved_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
@@ -198,12 +206,15 @@ class RunCheckpoints:
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            config: TrainConfig, position: DataPosition, *,
            metrics: dict[str, float] | None = None, force: bool = False,
-           base_fingerprint: dict[str, list[float]] | None = None) -> bool:
+           base_fingerprint: dict[str, list[float]] | None = None,
+           evals_since_best: int = 0) -> bool:
     """Saves if ``should_save(step)`` or ``force``; returns whether a save started.
 
     ``data_iterator``: the Grain iterator whose state is the data position (packed runs); None
     where ``position`` alone says where the data stands. ``base_fingerprint``: a LoRA run's
-    frozen base (``lora.fingerprint``), checked on resume. Raises CheckpointError if the disk
+    frozen base (``lora.fingerprint``), checked on resume. ``evals_since_best``: how many
+    evaluations in a row have not beaten the best (``--early_stopping_patience``), for the
+    ranking metric of this run. Raises CheckpointError if the disk
     refuses the save; earlier checkpoints stay as they were.
     """
     if self.read_only:
@@ -215,6 +226,7 @@ class RunCheckpoints:
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
         _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
                                   'saved_at': time.time(),
+                                  'evals_since_best': {self._best_key: evals_since_best},
                                   **({'lora_base': base_fingerprint} if base_fingerprint else {})}),
     })
     # Saving first waits for the previous asynchronous save, so its failure surfaces here.

@@ -82,6 +82,7 @@ class TrainConfig:
   bleu_every_n: int = 0
   bleu_examples: int = -1
   best_metric: str = 'loss'
+  early_stopping_patience: int = 0
   num_translations: int = 6
   max_new_tokens: int = 48
   seed: int = 0
@@ -144,7 +145,7 @@ class TrainConfig:
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}')
     for name in ('num_epochs', 'max_steps', 'warmup_steps', 'num_translations',
-                 'max_new_tokens', 'seed', 'loss_chunk'):
+                 'max_new_tokens', 'seed', 'loss_chunk', 'early_stopping_patience'):
       if getattr(self, name) < 0:
         raise ConfigError(f'--{name} must be zero or positive, got {getattr(self, name)}')
     if self.batch_size % self.grad_accum_steps:

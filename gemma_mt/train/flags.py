@@ -93,6 +93,10 @@ _HELP = {
     'bleu_examples': 'How many validation pairs those scores use: -1 all, 0 none (off).',
     'best_metric': 'loss or bleu: which evaluation picks the best checkpoint, kept beside the '
                    'latest ones.',
+    'early_stopping_patience': 'Stop once this many evaluations in a row (those that score '
+                               '--best_metric) have not beaten the best, with a checkpoint; 0: '
+                               'never. The same command then does not train further; a larger '
+                               'value (or 0) goes on.',
     'num_translations': 'Eval sentences translated and printed at the end.',
     'max_new_tokens': 'Longest translation generated, in tokens.',
     'seed': 'Seed of parameter initialisation and data order.',

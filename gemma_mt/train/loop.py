@@ -56,6 +56,7 @@ class TrainResult:
   eval_loss: float | None
   translations: list[tuple[str, str, str]]  # (source, reference, model output)
   preempted: bool = False
+  stopped_early: bool = False  # --early_stopping_patience evaluations without a new best
   quality: quality.QualityScores | None = None  # BLEU and chrF++ of the last evaluation
   memory_plan: memory.MemoryPlan | None = None  # bytes per device of one step
 
@@ -472,8 +473,8 @@ def _train_and_evaluate(config: TrainConfig, devices: list[jax.Device] | None,
       _truncate_metrics(config.workdir, start.step)
     sink = reporting.MetricsSink(config.workdir, enabled=is_main, start_step=start.step)
     try:
-      state, eval_loss, preempted, scores = _train_loop(run, start, tokenizer, data, store,
-                                                        sink, is_main, frozen, base_fingerprint)
+      state, eval_loss, preempted, stopped_early, scores = _train_loop(
+          run, start, tokenizer, data, store, sink, is_main, frozen, base_fingerprint)
       translations = []
       if config.num_translations and not preempted:
         translations = _sample_translations(run, step_lib.model_params(state.params, frozen),
@@ -485,7 +486,8 @@ def _train_and_evaluate(config: TrainConfig, devices: list[jax.Device] | None,
   finally:
     store.close()
   return TrainResult(step=int(jax.device_get(state.step)), state=state, eval_loss=eval_loss,
-                     translations=translations, preempted=preempted, quality=scores,
+                     translations=translations, preempted=preempted,
+                     stopped_early=stopped_early, quality=scores,
                      memory_plan=run.memory_plan)
 
 
@@ -524,6 +526,7 @@ class _Start:
   examples_consumed: int
   data_iterator: Any
   num_steps: int
+  evals_since_best: int = 0  # evaluations in a row without a new best (--best_metric)
 
 
 def _start(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, data: RunData,
@@ -574,7 +577,8 @@ def _start(run: CompiledRun, initial_params: Any, tokenizer: GemmaTokenizer, dat
   _LOG.info('resumed from %s at step %d', store.directory, step)
   return _Start(step, state, position.examples_consumed,
                 packed_iterator if config.packing else train_iterator(position.examples_consumed),
-                total_steps(config, len(data.train), position, step))
+                total_steps(config, len(data.train), position, step),
+                store.saved_evals_since_best(step))
 
 
 def _fresh_state(run: CompiledRun, initial_params: Any) -> step_lib.TrainState:
@@ -657,11 +661,12 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
                 store: checkpoint.RunCheckpoints, sink: reporting.MetricsSink,
                 is_main: bool, frozen: Any,
                 base_fingerprint: dict[str, list[float]] | None) -> tuple[
-                    step_lib.TrainState, float | None, bool, quality.QualityScores | None]:
+                    step_lib.TrainState, float | None, bool, bool,
+                    quality.QualityScores | None]:
   """Steps from ``start`` to ``start.num_steps``: reports, evaluations and saves.
 
-  Returns the final state, the last evaluation loss, whether a stop signal ended the run, and
-  the last translation scores.
+  Returns the final state, the last evaluation loss, whether a stop signal ended the run,
+  whether early stopping did, and the last translation scores.
   """
   config, mesh = run.config, run.mesh
   state, data_iterator = start.state, start.data_iterator
@@ -677,10 +682,18 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
               config.grad_accum_steps, reports.model_flops_per_step)
   # A resumed run's new best must beat its kept checkpoints' best, or its first evaluation
   # would always count as one and be saved.
-  eval_loss, best, preempted = None, store.best_saved_value(), False
+  eval_loss, preempted = None, False
+  best_step, best = store.best_saved() or (None, None)
   best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
   quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
+  patience, since_best = config.early_stopping_patience, start.evals_since_best
+  # The same command again after an early stop: nothing more to train.
+  stopped_early = 0 < patience <= since_best
+  if stopped_early and is_main:
+    _LOG.warning('not training: this run stopped early at step %d (%d evaluations without a '
+                 'better %s); pass a larger --early_stopping_patience (or 0) to go on',
+                 start.step, since_best, best_key)
 
   def stop_diverged(found: divergence.Divergence) -> NoReturn:
     store.wait_until_finished()  # the saves before it are good: let them complete
@@ -697,11 +710,12 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
       uncounted = []
     store.save(step, state, data_iterator if config.packing else None, config,
                checkpoint.DataPosition(consumed, config.batch_size, jax.process_count()),
-               metrics=metrics, force=True, base_fingerprint=base_fingerprint)
+               metrics=metrics, force=True, base_fingerprint=base_fingerprint,
+               evals_since_best=since_best)
 
   try:
     with _StopRequests() as stop:
-      for step in range(start.step + 1, start.num_steps + 1):
+      for step in range(start.step + 1, start.step if stopped_early else start.num_steps + 1):
         fetch_start = time.perf_counter()
         local = next(data_iterator)
         reports.data_wait += time.perf_counter() - fetch_start
@@ -741,9 +755,18 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         new_best = value is not None and (best is None or (
             value < best if config.best_metric == 'loss' else value > best))
         if new_best:
-          best = value
+          best_step, best = step, value
+        if value is not None:
+          since_best = 0 if new_best else since_best + 1
+        stopped_early = 0 < patience <= since_best
         save(step, metrics={best_key: value} if value is not None else None,
-             force=last or preempted or new_best)
+             force=last or preempted or new_best or stopped_early)
+        if stopped_early:
+          if is_main:
+            _LOG.warning('stopping early at step %d: %d evaluations without a better %s than '
+                         '%.4f (checkpoint %s, --step=best); saved a checkpoint', step,
+                         since_best, best_key, best, best_step)
+          break
         if preempted:
           _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
                        'to resume', stop.signal_name or 'a preemption notice (SIGTERM or SIGINT)',
@@ -752,7 +775,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
       store.wait_until_finished()
   finally:
     bar.close()
-  return state, eval_loss, preempted, quality_scores
+  return state, eval_loss, preempted, stopped_early, quality_scores
 
 
 def _bleu_due(config: TrainConfig, step: int, last: bool) -> bool:
