@@ -22,14 +22,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # compiles dozens of times otherwise); executables are identical, so results are too.
 COMPILATION_CACHE = REPO / '.pytest_cache' / 'jax-compilation-cache'
 
-# XLA's backend optimization level 0, here and in every command the tests start (they inherit
-# the environment; XLA reads it when the backend starts, after this): the many small programs
-# compile in about half the CPU of level 3, more than LLVM's passes save running them (paired
-# from an empty cache, BUILD.md "Tests"). Users' runs, and CI's benchmarks of the same commands,
-# keep XLA's default. A level already in XLA_FLAGS is kept (how the default is measured).
-if '--xla_backend_optimization_level=' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = ' '.join(
-      [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 # Every compilation, not only those over a second: the tiny model's are many and short.
