@@ -34,8 +34,28 @@ from gemma_mt.train.config import TrainConfig
 
 _LOG = logging.getLogger(__name__)
 _STATE, _DATA, _CONFIG, _META = 'state', 'data', 'config', 'meta'
-# --best_metric → the metric a checkpoint is saved with and ranked by.
-BEST_METRIC_KEYS = {'loss': 'eval_loss', 'bleu': 'eval_bleu'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+  """How a ``--best_metric`` ranks evaluations: the metric a checkpoint is saved with (``key``)
+  and which way is better."""
+
+  key: str
+  lower_is_better: bool
+
+  def better(self, value: float, than: float | None) -> bool:
+    """Whether ``value`` beats ``than`` (None: nothing to beat yet); a tie does not."""
+    return than is None or (value < than if self.lower_is_better else value > than)
+
+  @property
+  def worst(self) -> float:
+    return math.inf if self.lower_is_better else -math.inf
+
+
+# --best_metric → its ranking: the lowest evaluation loss, the highest BLEU.
+RANKINGS = {'loss': Ranking('eval_loss', lower_is_better=True),
+            'bleu': Ranking('eval_bleu', lower_is_better=False)}
 
 
 class CheckpointError(errors.UserError):
@@ -73,8 +93,7 @@ class RunCheckpoints:
                best_metric: str = 'loss', read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
-    self._best_key = BEST_METRIC_KEYS[best_metric]
-    self._lower_is_better = best_metric == 'loss'
+    self._ranking = RANKINGS[best_metric]
     if read_only:
       # No directory made, nothing deleted: a reader must not remove the temporary directory
       # of a save that the run training in this workdir is writing right now. (Orbax's
@@ -99,12 +118,14 @@ class RunCheckpoints:
               policies.LatestN(n=keep),
               # Ascending sort keeps the last n: the lowest loss with reverse=True, the highest
               # BLEU without.
-              policies.BestN(get_metric_fn=self._ranking_value, reverse=self._lower_is_better,
+              policies.BestN(get_metric_fn=self._ranking_value,
+                             reverse=self._ranking.lower_is_better,
                              n=1, keep_checkpoints_without_metrics=False),
           ]),
           # A best_fn makes Orbax write each save's metrics beside it (BestN alone keeps them in
           # memory only): a resumed run's manager then still knows which checkpoint is the best.
-          best_fn=self._ranking_value, best_mode='min' if self._lower_is_better else 'max',
+          best_fn=self._ranking_value,
+          best_mode='min' if self._ranking.lower_is_better else 'max',
       )
     # Handlers registered up front, so that a fresh manager reads metadata before any save.
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -134,15 +155,14 @@ class RunCheckpoints:
 
   def _ranking_value(self, metrics: dict[str, float]) -> float:
     """A checkpoint's rank for the best: its evaluation, or the worst for a save without one."""
-    worst = math.inf if self._lower_is_better else -math.inf
-    return metrics.get(self._best_key, worst)
+    return metrics.get(self._ranking.key, self._ranking.worst)
 
   def best_saved(self) -> tuple[int, float] | None:
     """The kept checkpoint of the best ``best_metric`` value, and that value; None if none
     was saved with one."""
     step = self._manager.best_step()
     value = ((self._manager.metrics(step) if step is not None else None) or {}).get(
-        self._best_key)
+        self._ranking.key)
     return None if value is None else (step, value)
 
   def pick_step(self, step: int | str | None, workdir: str) -> int:
@@ -155,14 +175,13 @@ class RunCheckpoints:
     if step is None:
       return steps[-1]
     if step == 'best':
-      metric = self.saved_config(steps[-1]).best_metric
-      key = BEST_METRIC_KEYS[metric]
-      ranked = {s: m[key] for s, m in _saved_metrics(self.directory).items()
-                if s in steps and key in m}
+      ranking = RANKINGS[self.saved_config(steps[-1]).best_metric]
+      ranked = {s: m[ranking.key] for s, m in _saved_metrics(self.directory).items()
+                if s in steps and ranking.key in m}
       if not ranked:
         raise CheckpointError(f'--step=best: no checkpoint of {workdir} was saved with an '
-                              f'evaluation ({key}): pass one of its steps, {listed}')
-      return (min if metric == 'loss' else max)(ranked, key=ranked.get)
+                              f'evaluation ({ranking.key}): pass one of its steps, {listed}')
+      return (min if ranking.lower_is_better else max)(ranked, key=ranked.get)
     if isinstance(step, str) and not step.isdigit():
       raise CheckpointError(f'--step={step}: pass a step number or best')
     if int(step) not in steps:
@@ -184,7 +203,7 @@ class RunCheckpoints:
   def saved_evals_since_best(self, step: int) -> int:
     """Evaluations in a row without a new best at checkpoint ``step``, counted by this run's
     ``--best_metric`` (0 where it was saved ranking another one, or before this was saved)."""
-    return self._saved_meta(step).get('evals_since_best', {}).get(self._best_key, 0)
+    return self._saved_meta(step).get('evals_since_best', {}).get(self._ranking.key, 0)
 
   def _saved_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(
@@ -226,7 +245,7 @@ class RunCheckpoints:
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
         _META: ocp.args.JsonSave({'data_position': dataclasses.asdict(position),
                                   'saved_at': time.time(),
-                                  'evals_since_best': {self._best_key: evals_since_best},
+                                  'evals_since_best': {self._ranking.key: evals_since_best},
                                   **({'lora_base': base_fingerprint} if base_fingerprint else {})}),
     })
     # Saving first waits for the previous asynchronous save, so its failure surfaces here.

@@ -684,7 +684,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
   # would always count as one and be saved.
   eval_loss, preempted = None, False
   best_step, best = store.best_saved() or (None, None)
-  best_key = checkpoint.BEST_METRIC_KEYS[config.best_metric]
+  ranking = checkpoint.RANKINGS[config.best_metric]
   quality_scores: quality.QualityScores | None = None
   consumed, uncounted = start.examples_consumed, []
   patience, since_best = config.early_stopping_patience, start.evals_since_best
@@ -693,7 +693,7 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
   if stopped_early and is_main:
     _LOG.warning('not training: this run stopped early at step %d (%d evaluations without a '
                  'better %s); pass a larger --early_stopping_patience (or 0) to go on',
-                 start.step, since_best, best_key)
+                 start.step, since_best, ranking.key)
 
   def stop_diverged(found: divergence.Divergence) -> NoReturn:
     store.wait_until_finished()  # the saves before it are good: let them complete
@@ -751,21 +751,20 @@ def _train_loop(run: CompiledRun, start: _Start, tokenizer: GemmaTokenizer, data
         preempted = stop.signal_name is not None or (
             jax.process_count() > 1 and store.reached_preemption(step))
         # A new best evaluation is always saved, with its score, so that it is kept.
-        value = eval_metrics.get(best_key) if eval_metrics else None
-        new_best = value is not None and (best is None or (
-            value < best if config.best_metric == 'loss' else value > best))
+        value = eval_metrics.get(ranking.key) if eval_metrics else None
+        new_best = value is not None and ranking.better(value, best)
         if new_best:
           best_step, best = step, value
         if value is not None:
           since_best = 0 if new_best else since_best + 1
         stopped_early = 0 < patience <= since_best
-        save(step, metrics={best_key: value} if value is not None else None,
+        save(step, metrics={ranking.key: value} if value is not None else None,
              force=last or preempted or new_best or stopped_early)
         if stopped_early:
           if is_main:
             _LOG.warning('stopping early at step %d: %d evaluations without a better %s than '
                          '%.4f (checkpoint %s, --step=best); saved a checkpoint', step,
-                         since_best, best_key, best, best_step)
+                         since_best, ranking.key, best, best_step)
           break
         if preempted:
           _LOG.warning('stopping on %s: saved a checkpoint at step %d; run the same command '
