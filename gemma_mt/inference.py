@@ -44,11 +44,14 @@ def from_workdir(workdir: str, step: int | str | None = None) -> InferenceModel:
   """The parameters a run saved at ``step``: its latest checkpoint by default, ``'best'`` for
   its best evaluation (``RunCheckpoints.pick_step``)."""
   directory = os.path.join(workdir, 'checkpoints')
+  no_checkpoint = InferenceError(f'--workdir={workdir} holds no checkpoint: train first, or '
+                                 'pass a released model with --ckpt')
   if not os.path.isdir(directory):
-    raise InferenceError(f'--workdir={workdir} holds no checkpoint: train first, or pass a '
-                         'released model with --ckpt')
+    raise no_checkpoint
   store = checkpoint.RunCheckpoints.for_reading(directory)
   try:
+    if not store.all_steps():  # a run stopped before its first save
+      raise no_checkpoint
     step = store.pick_step(step, workdir)
     config = store.saved_config(step)
   finally:

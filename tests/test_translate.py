@@ -229,11 +229,18 @@ def test_translate_cli_keeps_lines_in_order_with_empty_and_over_long_ones(
 
 
 def test_translate_cli_bad_workdir_and_step_are_one_line_exit_2(trained, tmp_path):
+  import re
+  from gemma_mt import inference
   workdir, _ = trained
   done = _cli('gemma_mt.translate', f'--workdir={tmp_path}', stdin='The cat.\n')
   assert done.returncode == 2
-  assert done.stderr.strip().splitlines()[-1].startswith(
-      f'error: --workdir={tmp_path} holds no checkpoint')
+  no_checkpoint = (f'--workdir={tmp_path} holds no checkpoint: train first, or pass a released '
+                   'model with --ckpt')
+  assert done.stderr.strip().splitlines()[-1] == f'error: {no_checkpoint}'
+  # The same where a run made checkpoints/ but stopped before its first save.
+  (tmp_path / 'checkpoints').mkdir()
+  with pytest.raises(inference.InferenceError, match=f'^{re.escape(no_checkpoint)}$'):
+    inference.from_workdir(str(tmp_path))
   done = _cli('gemma_mt.translate', f'--workdir={workdir}', '--step=7', stdin='The cat.\n')
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == (
