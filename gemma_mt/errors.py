@@ -1,5 +1,22 @@
 """The one exception type for user mistakes: the CLIs print its message on one line, exit 2."""
 
+import sys
+
+from absl import flags
+
 
 class UserError(ValueError):
   """Bad input from the user (a flag, a file); the message names it and says what would fix it."""
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """The CLIs' flag parsing (``app.run(main, flags_parser=errors.parse_flags)``): a flag that
+  cannot be parsed (an unknown name, a value of the wrong type or out of bounds, a --flagfile
+  that cannot be read, a required one missing) is reported like every other user mistake, in one
+  ``error:`` line with exit status 2; absl's own parser prints two lines and exits 1."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = ' '.join(str(e).removeprefix('ERROR:: ').split())
+    print(f'error: {message} (see --helpfull)', file=sys.stderr)
+    sys.exit(2)

@@ -87,7 +87,7 @@ def run() -> None:
   flags.DEFINE_enum('tsv_quoting', 'csv', sources.TSV_QUOTING, 'As for training.')
   flags.DEFINE_string('tfds_data_dir', '', 'As for training.')
   flags.DEFINE_string('tfds_manual_dir', '', 'As for training.')
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

@@ -156,4 +156,4 @@ if __name__ == '__main__':
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

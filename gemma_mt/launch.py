@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from absl import app
 from absl import flags
 
+from gemma_mt import errors
+
 
 def free_loopback_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -144,7 +146,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
 def run() -> None:
   tensorflow_startup.set_environment()  # a TFDS dataset imports TensorFlow
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

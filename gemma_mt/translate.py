@@ -117,7 +117,7 @@ def run() -> None:
   define_model_flags()
   flags.DEFINE_string('input', '-', 'English text, one sentence per line (-: standard input).')
   flags.DEFINE_string('output', '-', 'Where the French lines go (-: standard output).')
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

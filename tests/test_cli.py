@@ -1,6 +1,8 @@
-"""``python -m gemma_mt.train`` as a user runs it: a shortened demo, bad input, --helpfull."""
+"""``python -m gemma_mt.train`` as a user runs it: a shortened demo, bad input, --helpfull; flags that
+do not parse, in every command."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,6 +80,39 @@ def test_workdir_that_is_a_file(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith(f'error: --workdir={path} is a file')
   assert path.read_text() == 'precious'
+
+
+# Every command of the package: each module whose `run()` calls `app.run`.
+COMMANDS = ('gemma_mt.train', 'gemma_mt.translate', 'gemma_mt.evaluate', 'gemma_mt.export',
+            'gemma_mt.models', 'gemma_mt.stats', 'gemma_mt.launch', 'gemma_mt.data.demo_corpus')
+
+
+def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
+  """An unknown flag, a value of the wrong type or not among the choices, a --flagfile that is
+  not there, a required flag left out: one ``error:`` line naming it, exit status 2, in every
+  command (absl's own parser prints two lines and exits 1)."""
+  sources = {str(p.relative_to(REPO).with_suffix('')).replace('/', '.').removesuffix('.__main__'):
+             p.read_text() for p in (REPO / 'gemma_mt').rglob('*.py')}
+  assert sorted(m for m, text in sources.items()
+                if re.search(r'^ +app\.run\(', text, re.M)) == sorted(COMMANDS)
+  cases = [(m, ['--no_such_flag=1'], "error: Unknown command line flag 'no_such_flag'")
+           for m in COMMANDS]
+  cases += [
+      ('gemma_mt.train', ['--batch_size=abc'], 'error: flag --batch_size=abc: invalid literal'),
+      ('gemma_mt.train', [f'--flagfile={tmp_path}/missing.flags'],
+       f"error: Unable to open flagfile: [Errno 2] No such file or directory: "
+       f"'{tmp_path}/missing.flags'"),
+      ('gemma_mt.export', ['--format=zip'], 'error: flag --format=zip: value should be one of'),
+      ('gemma_mt.launch', ['--', '--max_steps=1'], 'error: flag --num_processes=None: Flag '
+       '--num_processes must have a value other than None.'),
+  ]
+  for module, args, message in cases:
+    done = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.splitlines()) == (
+        2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
+    assert done.stderr.startswith(message) and done.stderr.rstrip().endswith(
+        '(see --helpfull)'), (module, args, done.stderr)
 
 
 def test_helpfull_imports_neither_jax_nor_tensorflow():

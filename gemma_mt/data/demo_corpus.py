@@ -21,6 +21,7 @@ import random
 from absl import app
 from absl import flags
 
+from gemma_mt import errors
 from gemma_mt.data import asset_paths
 from gemma_mt.data import records
 
@@ -372,4 +373,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('seed', DEFAULT_SEED, 'Seed of the generator.')
   flags.DEFINE_integer('num_train', DEFAULT_NUM_TRAIN, 'Training pairs.')
   flags.DEFINE_integer('num_valid', DEFAULT_NUM_VALID, 'Validation pairs.')
-  app.run(_main)
+  app.run(_main, flags_parser=errors.parse_flags)

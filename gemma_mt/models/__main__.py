@@ -12,6 +12,7 @@ tensorflow_startup.set_environment()
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from gemma_mt import errors
 from gemma_mt.models import registry
 
 HEADER = ('name', 'family', 'parameters', 'vocabulary', 'context', '--ckpt sources')
@@ -49,4 +50,4 @@ def main(argv: list[str]) -> None:
 if __name__ == '__main__':
   flags.DEFINE_boolean('list', False, 'List every --model name: family, parameters, vocabulary, '
                        'context length and which --ckpt sources hold its weights.')
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -63,7 +63,7 @@ def run() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('gemma_mt').setLevel(logging.INFO)
   train_flags.define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':
