@@ -18,5 +18,5 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     message = ' '.join(str(e).removeprefix('ERROR:: ').split())
-    print(f'error: {message} (see --helpfull)', file=sys.stderr)
+    print(f'error: {message} (see --help)', file=sys.stderr)
     sys.exit(2)

@@ -78,6 +78,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   tensorflow_startup.set_environment()  # before main imports gemma
   translate.define_model_flags()
+  flags.adopt_module_key_flags(translate)  # --help lists them too
   flags.DEFINE_string('dataset', 'demo', 'As --dataset of gemma_mt.train.')
   flags.DEFINE_string('split', 'valid', 'The split to translate and score.')
   flags.DEFINE_integer('limit', 0, 'Score the first N pairs only (0: all).')

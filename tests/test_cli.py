@@ -112,13 +112,38 @@ def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
     assert (done.returncode, done.stderr.splitlines()) == (
         2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
     assert done.stderr.startswith(message) and done.stderr.rstrip().endswith(
-        '(see --helpfull)'), (module, args, done.stderr)
+        '(see --help)'), (module, args, done.stderr)
 
 
-def test_helpfull_imports_neither_jax_nor_tensorflow():
-  done = train_reporting_imports('--helpfull')
+@pytest.mark.parametrize('flag', ['--help', '--helpfull'])
+def test_help_lists_the_flags_and_imports_neither_jax_nor_tensorflow(flag):
+  done = train_reporting_imports(flag)
   assert '--max_seq_len' in done.stdout and '--workdir' in done.stdout
   assert done.stdout.splitlines()[-1] == 'HEAVY []'
+
+
+def _listed_flags(text: str, gemma_mt_only: bool) -> set[str]:
+  """The flag names in absl's help text; with ``gemma_mt_only``, those under gemma_mt's modules."""
+  names, section = set(), ''
+  for line in text.splitlines():
+    if line and not line.startswith(' '):
+      section = line
+    elif line.startswith('  --') and (not gemma_mt_only or 'gemma_mt' in section):
+      names.add(line[4:].split(':')[0])
+  return names
+
+
+def test_help_of_every_command_lists_all_its_flags():
+  """--help lists every gemma_mt flag of the command, also those defined in another module
+  (train's in train/flags.py, evaluate's model flags in translate.py)."""
+  for module in COMMANDS:
+    shown = {}
+    for flag in ('--help', '--helpfull'):
+      done = subprocess.run([sys.executable, '-m', module, flag], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+      shown[flag] = done.stdout + done.stderr
+    full = _listed_flags(shown['--helpfull'], gemma_mt_only=True)
+    assert full and _listed_flags(shown['--help'], gemma_mt_only=False) == full, module
 
 
 @pytest.mark.parametrize('flags, message', [

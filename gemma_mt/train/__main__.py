@@ -11,6 +11,7 @@ from gemma_mt import tensorflow_startup
 tensorflow_startup.set_environment()
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging as absl_logging
 
 from gemma_mt import errors
@@ -63,6 +64,8 @@ def run() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('gemma_mt').setLevel(logging.INFO)
   train_flags.define_flags()
+  # --help lists the main module's flags: the training flags are defined in train/flags.py.
+  flags.adopt_module_key_flags(train_flags)
   app.run(main, flags_parser=errors.parse_flags)
 
 
