@@ -1,4 +1,5 @@
-"""The one exception type for user mistakes: the CLIs print its message on one line, exit 2."""
+"""User mistakes: the one exception type for them (the CLIs print its message on one line and exit
+2), and the CLIs' flag parsing, which reports a flag that does not parse the same way."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""``python -m gemma_mt.train`` as a user runs it: a shortened demo, bad input, --helpfull; flags that
-do not parse, in every command."""
+"""``python -m gemma_mt.train`` as a user runs it: a shortened demo, bad input; in every command, --help
+and flags that do not parse."""
 
 import json
 import re
@@ -82,7 +82,7 @@ def test_workdir_that_is_a_file(tmp_path):
   assert path.read_text() == 'precious'
 
 
-# Every command of the package: each module whose `run()` calls `app.run`.
+# Every command of the package: each module that calls `app.run`.
 COMMANDS = ('gemma_mt.train', 'gemma_mt.translate', 'gemma_mt.evaluate', 'gemma_mt.export',
             'gemma_mt.models', 'gemma_mt.stats', 'gemma_mt.launch', 'gemma_mt.data.demo_corpus')
 
