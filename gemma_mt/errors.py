@@ -13,11 +13,24 @@ class UserError(ValueError):
 def parse_flags(argv: list[str]) -> list[str]:
   """The CLIs' flag parsing (``app.run(main, flags_parser=errors.parse_flags)``): a flag that
   cannot be parsed (an unknown name, a value of the wrong type or out of bounds, a --flagfile
-  that cannot be read, a required one missing) is reported like every other user mistake, in one
-  ``error:`` line with exit status 2; absl's own parser prints two lines and exits 1."""
+  that cannot be read, a required one missing) or an argument that is not a flag is reported like
+  every other user mistake, in one ``error:`` line with exit status 2 (absl's own parser prints
+  two lines and exits 1; absl's app prints the whole help before an unexpected argument)."""
+  rest = parse_flags_and_arguments(argv)
+  if len(rest) > 1:
+    _exit(f'unexpected arguments: {" ".join(rest[1:])}: give each flag as --name=value')
+  return rest
+
+
+def parse_flags_and_arguments(argv: list[str]) -> list[str]:
+  """``parse_flags`` for a command that takes arguments after its flags (``gemma_mt.launch``:
+  the training flags after ``--``); returns ``[program, *arguments]``."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    message = ' '.join(str(e).removeprefix('ERROR:: ').split())
-    print(f'error: {message} (see --help)', file=sys.stderr)
-    sys.exit(2)
+    _exit(' '.join(str(e).removeprefix('ERROR:: ').split()))
+
+
+def _exit(message: str) -> None:
+  print(f'error: {message} (see --help)', file=sys.stderr)
+  sys.exit(2)

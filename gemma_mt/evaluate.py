@@ -34,8 +34,6 @@ def _tsv_field(text: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   try:
     if f.limit < 0:

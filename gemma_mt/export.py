@@ -125,8 +125,6 @@ def _write_peft(out: str, adapters: Any, config: Any) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   values = flags.FLAGS
   try:
     path = export_params(values.workdir, values.out, values.step, values.format,

@@ -146,7 +146,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=errors.parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=errors.parse_flags_and_arguments)
 
 
 if __name__ == '__main__':

@@ -39,8 +39,6 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   try:
     if f.max_seq_len <= 0 or f.batch_size <= 0:

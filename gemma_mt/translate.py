@@ -83,8 +83,6 @@ def translator_from_flags(loaded: inference.InferenceModel) -> decoding.Translat
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   try:
     if f.input != '-' and not os.path.isfile(f.input):

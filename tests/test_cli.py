@@ -89,20 +89,33 @@ COMMANDS = ('gemma_mt.train', 'gemma_mt.translate', 'gemma_mt.evaluate', 'gemma_
 
 def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
   """An unknown flag, a value of the wrong type or not among the choices, a --flagfile that is
-  not there, a required flag left out: one ``error:`` line naming it, exit status 2, in every
-  command (absl's own parser prints two lines and exits 1)."""
+  not there, a required flag left out, an argument that is not a flag: one ``error:`` line naming
+  it, exit status 2, in every command (absl's own parser prints two lines and exits 1; absl's app
+  prints the whole help before an unexpected argument)."""
   sources = {str(p.relative_to(REPO).with_suffix('')).replace('/', '.').removesuffix('.__main__'):
              p.read_text() for p in (REPO / 'gemma_mt').rglob('*.py')}
   assert sorted(m for m, text in sources.items()
                 if re.search(r'^ +app\.run\(', text, re.M)) == sorted(COMMANDS)
   cases = [(m, ['--no_such_flag=1'], "error: Unknown command line flag 'no_such_flag'")
            for m in COMMANDS]
+  # An argument that is not a flag (launch takes the training flags after --, passed on).
+  # With the flags each needs, and none that would write outside tmp_path if it went on.
+  required = {'gemma_mt.train': ['--dry_run', f'--workdir={tmp_path}/run'],
+              'gemma_mt.export': ['--workdir=unused', '--out=unused'],
+              'gemma_mt.data.demo_corpus': [f'--out_dir={tmp_path}/corpus']}
+  cases += [(m, [*required.get(m, []), 'stray'],
+             'error: unexpected arguments: stray: give each flag as --name=value')
+            for m in COMMANDS if m != 'gemma_mt.launch']
   cases += [
+      ('gemma_mt.train', ['--packing', 'true'], 'error: unexpected arguments: true: give each '),
       ('gemma_mt.train', ['--batch_size=abc'], 'error: flag --batch_size=abc: invalid literal'),
       ('gemma_mt.train', [f'--flagfile={tmp_path}/missing.flags'],
        f"error: Unable to open flagfile: [Errno 2] No such file or directory: "
        f"'{tmp_path}/missing.flags'"),
       ('gemma_mt.export', ['--format=zip'], 'error: flag --format=zip: value should be one of'),
+      # absl's message of several lines, on one.
+      ('gemma_mt.export', [], 'error: flag --workdir=None: Flag --workdir must have a value other '
+       'than None. flag --out=None: Flag --out must have a value other than None.'),
       ('gemma_mt.launch', ['--', '--max_steps=1'], 'error: flag --num_processes=None: Flag '
        '--num_processes must have a value other than None.'),
   ]

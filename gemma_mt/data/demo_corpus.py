@@ -361,8 +361,6 @@ def write_assets(out_dir: pathlib.Path = ASSETS_DIR, *, seed: int = DEFAULT_SEED
 
 
 def _main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   print(write_assets(pathlib.Path(f.out_dir), seed=f.seed, num_train=f.num_train,
                      num_valid=f.num_valid))

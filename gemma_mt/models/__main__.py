@@ -39,8 +39,6 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.list:
     print('pass --list to list the models', file=sys.stderr)
     sys.exit(2)

@@ -19,8 +19,6 @@ from gemma_mt.train import flags as train_flags
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = train_flags.config_from_flags()
   options = train_flags.distributed_options_from_flags()
   dry_run = train_flags.dry_run_from_flags()
