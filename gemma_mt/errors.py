@@ -2,6 +2,7 @@
 2), and the CLIs' flag parsing, which reports a flag that does not parse the same way."""
 
 import sys
+from typing import NoReturn
 
 from absl import flags
 
@@ -31,6 +32,6 @@ def parse_flags_and_arguments(argv: list[str]) -> list[str]:
     _exit(' '.join(str(e).removeprefix('ERROR:: ').split()))
 
 
-def _exit(message: str) -> None:
+def _exit(message: str) -> NoReturn:
   print(f'error: {message} (see --help)', file=sys.stderr)
   sys.exit(2)
