@@ -16,7 +16,6 @@ from gemma_mt import errors
 from gemma_mt import tensorflow_startup
 from gemma_mt.data import records
 from gemma_mt.data import sources
-from gemma_mt.data import stats
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import sources as model_sources
 
@@ -39,6 +38,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
+  # Grain and jax only once the flags are known to be good.
+  from gemma_mt.data import stats  # pylint: disable=import-outside-toplevel
+
   f = flags.FLAGS
   try:
     if f.max_seq_len <= 0 or f.batch_size <= 0:
