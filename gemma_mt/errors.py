@@ -1,8 +1,9 @@
 """User mistakes: the one exception type for them (the CLIs print its message on one line and exit
 2), and the CLIs' flag parsing, which reports a flag that does not parse the same way."""
 
+import contextlib
 import sys
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 from absl import flags
 
@@ -19,7 +20,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   two lines and exits 1; absl's app prints the whole help before an unexpected argument)."""
   rest = parse_flags_and_arguments(argv)
   if len(rest) > 1:
-    _exit(f'unexpected arguments: {" ".join(rest[1:])}: give each flag as --name=value')
+    _exit(f'unexpected arguments: {" ".join(rest[1:])}: give each flag as --name=value '
+          '(see --help)')
   return rest
 
 
@@ -29,9 +31,19 @@ def parse_flags_and_arguments(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _exit(' '.join(str(e).removeprefix('ERROR:: ').split()))
+    _exit(' '.join(str(e).removeprefix('ERROR:: ').split()) + ' (see --help)')
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+  """Around a CLI's work: a UserError raised inside becomes one ``error:`` line on stderr and
+  exit status 2, the same as a flag that does not parse; any other exception propagates."""
+  try:
+    yield
+  except UserError as e:
+    _exit(str(e))
 
 
 def _exit(message: str) -> NoReturn:
-  print(f'error: {message} (see --help)', file=sys.stderr)
+  print(f'error: {message}', file=sys.stderr)
   sys.exit(2)

@@ -35,7 +35,7 @@ def _tsv_field(text: str) -> str:
 
 def main(argv: list[str]) -> None:
   f = flags.FLAGS
-  try:
+  with errors.exit_on_user_error():
     if f.limit < 0:
       raise errors.UserError('--limit must be 0 (every pair) or positive')
     spec = sources.DatasetSpec.parse(f.dataset, tsv_quoting=f.tsv_quoting,
@@ -45,9 +45,6 @@ def main(argv: list[str]) -> None:
     pairs = pairs[: f.limit] if f.limit else pairs
     loaded = translate.model_from_flags()
     translator = translate.translator_from_flags(loaded)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   import tqdm  # pylint: disable=import-outside-toplevel
   from gemma_mt import quality  # pylint: disable=import-outside-toplevel
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from typing import Any
 
 from absl import app
@@ -126,12 +125,9 @@ def _write_peft(out: str, adapters: Any, config: Any) -> str:
 
 def main(argv: list[str]) -> None:
   values = flags.FLAGS
-  try:
+  with errors.exit_on_user_error():
     path = export_params(values.workdir, values.out, values.step, values.format,
                          merge_lora=values.merge_lora, adapters_only=values.adapters_only)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   print(f'wrote {path}')
 
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -37,12 +36,12 @@ def define_flags() -> None:
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
   # Grain and jax only once the flags are known to be good.
   from gemma_mt.data import stats  # pylint: disable=import-outside-toplevel
 
   f = flags.FLAGS
-  try:
+  with errors.exit_on_user_error():
     if f.max_seq_len <= 0 or f.batch_size <= 0:
       raise errors.UserError('--max_seq_len and --batch_size must be positive')
     run_model = model_sources.resolve_run_model(f.model or ('' if f.ckpt else 'tiny'), f.ckpt,
@@ -56,17 +55,13 @@ def main(argv: list[str]) -> int:
         spec, f.split, GemmaTokenizer(run_model.tokenizer_path), max_seq_len=f.max_seq_len,
         prompt_format=records.PromptFormat.from_template(f.prompt_template),
         too_long=f.too_long, batch_size=f.batch_size)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
   print(json.dumps(numbers) if f.json else stats.format_table(numbers))
-  return 0
 
 
 def run() -> None:
   tensorflow_startup.set_environment()  # a TFDS dataset imports TensorFlow
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=errors.parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)
 
 
 if __name__ == '__main__':

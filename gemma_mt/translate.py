@@ -84,15 +84,12 @@ def translator_from_flags(loaded: inference.InferenceModel) -> decoding.Translat
 
 def main(argv: list[str]) -> None:
   f = flags.FLAGS
-  try:
+  with errors.exit_on_user_error():
     if f.input != '-' and not os.path.isfile(f.input):
       raise errors.UserError(f'--input={f.input} does not exist: pass a text file, one '
                              'sentence per line (or - for standard input)')
     loaded = model_from_flags()
     translator = translator_from_flags(loaded)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   import tqdm  # pylint: disable=import-outside-toplevel
 
   with (sys.stdin if f.input == '-' else open(f.input, encoding='utf-8')) as source:

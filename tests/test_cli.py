@@ -128,6 +128,28 @@ def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
         '(see --help)'), (module, args, done.stderr)
 
 
+def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
+  """A flag that parses but cannot be used (a UserError: every command reports it through
+  errors.exit_on_user_error) is one ``error:`` line, exit status 2, in each command that does
+  work, before it loads a model."""
+  cases = [
+      ('gemma_mt.train', ['--batch_size=0'], 'error: --batch_size must be positive'),
+      ('gemma_mt.translate', [f'--input={tmp_path}/none.txt'],
+       f'error: --input={tmp_path}/none.txt does not exist: pass a text file'),
+      ('gemma_mt.evaluate', ['--limit=-1'], 'error: --limit must be 0 (every pair) or positive'),
+      ('gemma_mt.export', [f'--workdir={tmp_path}', f'--out={tmp_path}/out'],
+       f'error: --workdir={tmp_path} has no checkpoints/: pass a run directory'),
+      ('gemma_mt.stats', ['--batch_size=0'],
+       'error: --max_seq_len and --batch_size must be positive'),
+  ]
+  for module, args, message in cases:
+    done = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.splitlines()) == (
+        2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
+    assert done.stderr.startswith(message), (module, args, done.stderr)
+
+
 @pytest.mark.parametrize('flag', ['--help', '--helpfull'])
 def test_help_lists_the_flags_and_imports_neither_jax_nor_tensorflow(flag):
   done = train_reporting_imports(flag)

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
   config = train_flags.config_from_flags()
   options = train_flags.distributed_options_from_flags()
   dry_run = train_flags.dry_run_from_flags()
-  try:
+  with errors.exit_on_user_error():
     config.validate()
     options.validate()
     if not dry_run:
@@ -40,9 +40,6 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
       return
     result = loop.train_and_evaluate(config)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   import jax  # pylint: disable=import-outside-toplevel
 
   if result.preempted or jax.process_index() != 0:
