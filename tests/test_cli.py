@@ -87,6 +87,17 @@ COMMANDS = ('gemma_mt.train', 'gemma_mt.translate', 'gemma_mt.evaluate', 'gemma_
             'gemma_mt.models', 'gemma_mt.stats', 'gemma_mt.launch', 'gemma_mt.data.demo_corpus')
 
 
+def _one_error_line(module: str, args: list[str], message: str) -> str:
+  """Runs ``python -m module args``: it must exit 2 with one stderr line starting ``message``;
+  returns that line."""
+  done = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert (done.returncode, done.stderr.splitlines()) == (
+      2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
+  assert done.stderr.startswith(message), (module, args, done.stderr)
+  return done.stderr.strip()
+
+
 def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
   """An unknown flag, a value of the wrong type or not among the choices, a --flagfile that is
   not there, a required flag left out, an argument that is not a flag: one ``error:`` line naming
@@ -120,12 +131,7 @@ def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
        '--num_processes must have a value other than None.'),
   ]
   for module, args, message in cases:
-    done = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stderr.splitlines()) == (
-        2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
-    assert done.stderr.startswith(message) and done.stderr.rstrip().endswith(
-        '(see --help)'), (module, args, done.stderr)
+    assert _one_error_line(module, args, message).endswith('(see --help)')
 
 
 def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
@@ -143,11 +149,7 @@ def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
        'error: --max_seq_len and --batch_size must be positive'),
   ]
   for module, args, message in cases:
-    done = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stderr.splitlines()) == (
-        2, [done.stderr.strip()]), (module, args, done.stderr[-2000:])
-    assert done.stderr.startswith(message), (module, args, done.stderr)
+    _one_error_line(module, args, message)
 
 
 @pytest.mark.parametrize('flag', ['--help', '--helpfull'])
