@@ -137,7 +137,7 @@ def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
 def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
   """A flag that parses but cannot be used (a UserError: every command reports it through
   errors.exit_on_user_error) is one ``error:`` line, exit status 2, in each command that does
-  work, before it loads a model."""
+  work (and ``gemma_mt.models`` without --list), before it loads a model."""
   cases = [
       ('gemma_mt.train', ['--batch_size=0'], 'error: --batch_size must be positive'),
       ('gemma_mt.translate', [f'--input={tmp_path}/none.txt'],
@@ -147,6 +147,7 @@ def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
        f'error: --workdir={tmp_path} has no checkpoints/: pass a run directory'),
       ('gemma_mt.stats', ['--batch_size=0'],
        'error: --max_seq_len and --batch_size must be positive'),
+      ('gemma_mt.models', [], 'error: pass --list to list the models'),
   ]
   for module, args, message in cases:
     _one_error_line(module, args, message)

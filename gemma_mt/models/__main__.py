@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from gemma_mt import tensorflow_startup
 
@@ -39,9 +38,9 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if not flags.FLAGS.list:
-    print('pass --list to list the models', file=sys.stderr)
-    sys.exit(2)
+  with errors.exit_on_user_error():
+    if not flags.FLAGS.list:
+      raise errors.UserError('pass --list to list the models')
   print(format_table(model_table()))
 
 
