@@ -1,5 +1,6 @@
-"""User mistakes: the one exception type for them (the CLIs print its message on one line and exit
-2), and the CLIs' flag parsing, which reports a flag that does not parse the same way."""
+"""User mistakes: the one exception type for them, the context manager through which every CLI
+reports one (its message on one line, exit status 2), and the CLIs' flag parsing, which reports a
+flag that does not parse the same way."""
 
 import contextlib
 import sys

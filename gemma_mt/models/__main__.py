@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from gemma_mt import tensorflow_startup
 
 # Before anything imports gemma or TensorFlow.
