@@ -137,7 +137,8 @@ def test_flags_that_do_not_parse_are_one_line_exit_2_in_every_command(tmp_path):
 def test_bad_input_is_one_line_exit_2_in_every_command(tmp_path):
   """A flag that parses but cannot be used (a UserError: every command reports it through
   errors.exit_on_user_error) is one ``error:`` line, exit status 2, in each command that does
-  work (and ``gemma_mt.models`` without --list), before it loads a model."""
+  work (translate and evaluate before they load the model) and in ``gemma_mt.models`` without
+  --list."""
   cases = [
       ('gemma_mt.train', ['--batch_size=0'], 'error: --batch_size must be positive'),
       ('gemma_mt.translate', [f'--input={tmp_path}/none.txt'],
