@@ -1,3 +1,6 @@
+import functools
+
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -89,18 +92,13 @@ def test_batched_greedy_equals_one_by_one_and_keeps_order(demo_tokenizer, traine
   assert full_cache(sources_) == result.outputs
 
 
-def _reference_beam_search(model, params, prompt_ids, k, alpha, max_new_tokens, end_ids):
+def _reference_beam_search(forward, length, prompt_ids, k, alpha, max_new_tokens, end_ids):
   """Beam search as written in a textbook: every hypothesis re-run from its first token (no
-  cache), K unfinished and K finished kept, ranked by log-prob / ((5 + length) / 6) ** alpha."""
-  import jax
+  cache), K unfinished and K finished kept, ranked by log-prob / ((5 + length) / 6) ** alpha.
+  ``forward(tokens [1, length], last)``: the next token's log-probabilities after ``last``."""
   import numpy as np
 
-  # Causal attention: a row padded on the right gives the same logits up to its last token, so
-  # one padded length compiles once.
-  length = len(prompt_ids) + max_new_tokens
-  forward = jax.jit(lambda tokens, last: jax.nn.log_softmax(
-      model.apply({'params': params}, tokens=tokens).logits[0, last].astype(jnp.float32)))
-  penalty = lambda length: ((5.0 + length) / 6.0) ** alpha
+  penalty = lambda n: ((5.0 + n) / 6.0) ** alpha
   alive, finished = [(0.0, [])], []
   for step in range(max_new_tokens):
     candidates = []
@@ -131,14 +129,20 @@ def test_beam_search_finds_what_a_cacheless_beam_search_finds(demo_tokenizer, tr
   sources_ = _demo_sources(5)
   end_ids = {demo_tokenizer.eos_id, demo_tokenizer.piece_id('<end_of_turn>')}
   gm_tokenizer = gemma_text_tokenizer(demo_tokenizer)
+  prompt_ids = [gm_tokenizer.encode(PromptFormat().render(s), add_bos=True) for s in sources_]
+  # Causal attention: a row padded on the right gives the same logits up to its last token, so
+  # every hypothesis of every prompt runs at one padded length, one compiled program.
+  length = max(map(len, prompt_ids)) + 10
+  forward = jax.jit(lambda p, tokens, last: jax.nn.log_softmax(
+      model.apply({'params': p}, tokens=tokens).logits[0, last].astype(jnp.float32)))
   greedy = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
                       batch_size=2)(sources_)
   for k, alpha in ((3, 0.6), (2, 0.0)):
     beams = Translator(model, params, demo_tokenizer, PromptFormat(), max_new_tokens=10,
                        batch_size=2, beam_size=k, length_penalty=alpha)(sources_)
     expected = [demo_tokenizer.decode(_reference_beam_search(
-        model, params, gm_tokenizer.encode(PromptFormat().render(s), add_bos=True), k, alpha, 10,
-        end_ids)).strip() for s in sources_]
+        functools.partial(forward, params), length, ids, k, alpha, 10, end_ids)).strip()
+                for ids in prompt_ids]
     assert beams == expected, (k, alpha)
   assert beams != greedy  # the beams found other translations than greedy decoding
   # One beam without length normalisation is greedy decoding, row for row.
@@ -162,7 +166,6 @@ def test_beam_search_stops_at_eos_and_at_the_budget(demo_tokenizer):
 
 
 def test_decoding_on_the_training_mesh_gives_the_single_device_outputs(demo_tokenizer, trained):
-  import jax
   from gemma_mt.train import sharding
   from gemma_mt.train.mesh_spec import MeshSpec
   model = models.get_model_spec('tiny').transformer(jnp.float32)
