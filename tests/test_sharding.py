@@ -40,10 +40,12 @@ def test_bad_mesh(text, message):
 
 
 def _run(tmp_path, mesh: str, devices=None, **overrides) -> list[float]:
+  # test_checkpoint's settings (a constant rate: no step count in the program): the data:8 and
+  # fsdp:8 steps are the programs its runs compile, shared through the compilation cache.
   values = dict(workdir=str(tmp_path / mesh.replace(':', '').replace(',', '_')), mesh=mesh,
                 max_steps=10, batch_size=16, eval_batch_size=16, eval_every_n=10,
                 save_every_n=10, log_every_n=1, num_translations=0, bleu_examples=0,
-                warmup_steps=2)
+                lr_schedule='constant', warmup_steps=0)
   values.update(overrides)
   config = TrainConfig(**values)
   loop.train_and_evaluate(config, devices=devices)
