@@ -520,11 +520,11 @@ def _metrics(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
 
 
 def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_path):
-  """The README's fine-tune of the real model, shortened: the CLI from the GGUF file lowers the
-  evaluation loss; the trained weights, restored, give the run's evaluation loss; transformers
-  reads the Hugging Face export as the trained model. (The other sources load the same weights
-  bit for bit, ``test_orbax_kaggle_and_hf_sources_load_back_bit_equal``; exact resume is the
-  same code for every model, the demo model's kill tests show it.)"""
+  """The README's fine-tune of the real model, shortened (and with SGD): the CLI from the GGUF
+  file lowers the evaluation loss; the trained weights, restored, give the run's evaluation
+  loss; transformers reads the Hugging Face export as the trained model. (The other sources load
+  the same weights bit for bit, ``test_orbax_kaggle_and_hf_sources_load_back_bit_equal``; exact
+  resume is the same code for every model, the demo model's kill tests show it.)"""
   from gemma_mt.export import export_params
   from gemma_mt.train import checkpoint
 
@@ -533,9 +533,8 @@ def test_finetune_270m_lowers_eval_loss_and_exports(gemma3, mtnt_splits, tmp_pat
   # optimizers themselves are tested on the demo model).
   flags = dict(dataset=mtnt_splits, tsv_quoting='none', batch_size=4, eval_batch_size=8,
                max_seq_len=48, optimizer='sgd', learning_rate=0.05, lr_schedule='constant',
-               warmup_steps=0,
-               log_every_n=1, save_every_n=100, num_translations=0, bleu_examples=0,
-               max_steps=3, eval_every_n=3, cpu_devices_per_process=1)
+               warmup_steps=0, log_every_n=1, save_every_n=100, num_translations=0,
+               bleu_examples=0, max_steps=3, eval_every_n=3, cpu_devices_per_process=1)
   cli = tmp_path / 'cli'
   done = subprocess.run(
       [sys.executable, '-m', 'gemma_mt.train', '--ckpt=gguf:gemma3-270m', f'--workdir={cli}',
