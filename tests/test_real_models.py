@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from gemma import gm
 
-from conftest import REPO, subprocess_env, train_reporting_imports
+from conftest import REPO, readme_bash_block, subprocess_env, train_reporting_imports
 from gemma_mt import models
 from gemma_mt.data.tokenizer import GemmaTokenizer
 from gemma_mt.models import gguf, hf, sources
@@ -258,40 +258,63 @@ def test_gemma1_flat_layout_loads_with_its_shardings(tmp_path, monkeypatch):
   assert tuple(loaded['layer_0']['attn']['q_einsum']['w'].sharding.spec) == (None, 'fsdp', None)
 
 
-def _flagfile_config(name: str, **overrides):
-  """The TrainConfig of ``configs/NAME`` (every flag in it must be a TrainConfig field)."""
+def _flags_config(flags: list[str], **overrides):
+  """The TrainConfig of ``--name=value`` flags (each a TrainConfig field; other lines skipped)."""
   from gemma_mt.train.config import TrainConfig
   # A bare boolean flag (--packing) is true.
   kinds = {'int': int, 'float': float, 'str': str,
            'bool': lambda v: v.lower() in ('', 'true', '1')}
   types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
   values = {}
-  for line in (REPO / 'configs' / name).read_text().splitlines():
-    if line.startswith('--'):
-      key, _, value = line[2:].partition('=')
+  for flag in flags:
+    if flag.startswith('--'):
+      key, _, value = flag[2:].partition('=')
       values[key] = kinds[types[key]](value)
   return TrainConfig(**{**values, **overrides}).validate()
 
 
+def _flagfile_config(name: str, **overrides):
+  """The TrainConfig of ``configs/NAME``."""
+  return _flags_config((REPO / 'configs' / name).read_text().splitlines(), **overrides)
+
+
 def test_memory_plan_of_real_models_on_8_devices():
-  """gemma-2b-it (the tutorial's flagfile, on 8 GPUs) compiled for 8 simulated CPU devices, no
-  weight read: the plan's parameter and optimizer shards are an eighth of the unsharded sizes.
-  (Gemma 3 270M's full step is planned by the dry-run CLI test, its LoRA step on 8 devices by
-  the next test.)"""
+  """README's ``--dry_run`` of gemma-2b (bfloat16, fsdp:8), compiled for 8 simulated CPU
+  devices, no weight read: the plan README prints, row for row where it does not depend on the
+  host (its memory) or on XLA's version (the activations); the parameter and optimizer shards
+  are an eighth of the unsharded sizes. (Gemma 3 270M's full step is planned by the dry-run CLI
+  test, its LoRA step on 8 devices by the next test.)"""
   from gemma_mt.train import loop
 
-  tutorial = _flagfile_config('mtnt_gemma2b_it.flags', ckpt='', model='gemma-2b-it',
-                              mesh='fsdp:8', batch_size=8, max_seq_len=32, max_steps=10)
+  # The tutorial's flagfile, with its line for 8 GPUs: gemma-2b-it, gemma-2b's architecture.
+  tutorial = _flagfile_config('mtnt_gemma2b_it.flags', mesh='fsdp:8', batch_size=64)
   assert tutorial.param_dtype == tutorial.compute_dtype == 'bfloat16'
   assert tutorial.prompt_template == 'gemma_chat'
   assert _flagfile_config('mtnt_gemma2b_it.flags').mesh == 'data:1'  # one GPU as written
-  count = 2_506_434_560
-  run, lines = loop.plan_memory(tutorial)
+  assert (models.get_model_spec('gemma-2b-it').transformer_config()
+          == models.get_model_spec('gemma-2b').transformer_config())
+  command = readme_bash_block('--dry_run --model=gemma-2b').replace('\\\n', ' ').split()
+  assert command[:4] == ['.venv/bin/python', '-m', 'gemma_mt.train', '--dry_run'], command
+  # --cpu_devices_per_process=8 is the process's: this one has its 8 simulated devices.
+  assert '--cpu_devices_per_process=8' in command and len(jax.devices()) == 8
+  run, lines = loop.plan_memory(_flags_config(
+      [f for f in command[4:] if not f.startswith('--cpu_devices_per_process=')]))
+  printed = re.search(r'```\n(model gemma-2b: .*?)```', (REPO / 'README.md').read_text(),
+                      re.DOTALL).group(1).splitlines()
+  assert lines[0] == printed[0]
+  for line in printed[1:7]:  # README shows layer_0's rows
+    assert line in lines, line
+  rows = {line.split('  ')[1]: line for line in lines if line.startswith('  ')}
+  shown = {line.split('  ')[1]: line for line in printed if line.startswith('  ')}
+  assert set(shown) <= set(rows)  # README's rows, every memory row among them
+  for row in ('parameters', 'optimizer state', 'gradients', 'batch'):
+    assert rows[row] == shown[row]
+  # The activations and the total are XLA's; the device's memory, the host's.
+  assert '(host memory / 8 CPU devices): ' in rows['device memory']
   plan = run.memory_plan
+  assert printed[-1] == f'does not fit: {plan.advice(run.config, run.mesh)}'
+  count = 2_506_434_560
   assert any(f'{count:,} parameters' in line for line in lines)
-  for row in ('parameters', 'optimizer state', 'gradients', 'activations and temporaries',
-              'total', 'device memory'):
-    assert any(line.startswith(f'  {row} ') for line in lines), row
   # bfloat16: 2 bytes per parameter; all but the norm scales (replicated) split in eight.
   assert 2 * count / 8 < plan.params < 2 * count / 7.95
   assert 2 * plan.params <= plan.opt_state < 2 * plan.params * 1.01  # Adam's two moments
