@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
   with errors.exit_on_user_error():
     if f.max_seq_len <= 0 or f.batch_size <= 0:
       raise errors.UserError('--max_seq_len and --batch_size must be positive')
-    run_model = model_sources.resolve_run_model(f.model or ('' if f.ckpt else 'tiny'), f.ckpt,
+    run_model = model_sources.resolve_run_model(model_sources.model_name(f.model, f.ckpt), f.ckpt,
                                                 f.tokenizer, need_weights=False)
     if not run_model.tokenizer_path:
       raise errors.UserError(f'--model={f.model} brings no tokenizer: pass --ckpt or --tokenizer')

@@ -162,6 +162,9 @@ def _released(name: str, family: str, config_name: str = '', *, context_length: 
 _GEMMA1_2B = dict(num_embed=256128, embed_dim=2048, hidden_dim=16384, num_heads=8, head_dim=256,
                   num_kv_heads=1, num_layers=18)
 
+# The model of a run that names neither --model nor --ckpt.
+DEFAULT_MODEL = 'tiny'
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (

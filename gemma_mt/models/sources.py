@@ -266,6 +266,12 @@ class RunModel:
   source: ResolvedSource | None
 
 
+def model_name(model: str, ckpt: str) -> str:
+  """``--model``, or the embedded default (``tiny``) when neither it nor ``--ckpt`` names one
+  (``''`` with ``--ckpt``: the checkpoint names it)."""
+  return model or ('' if ckpt else registry.DEFAULT_MODEL)
+
+
 def resolve_run_model(model: str, ckpt: str = '', tokenizer: str = '', *,
                       need_weights: bool = True) -> RunModel:
   """``--model`` / ``--ckpt`` / ``--tokenizer`` → the model of a run.

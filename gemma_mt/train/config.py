@@ -118,7 +118,7 @@ class TrainConfig:
   @property
   def model_name(self) -> str:
     """``--model``, or ``tiny`` when neither it nor ``--ckpt`` names one (resolved runs set it)."""
-    return self.model or ('' if self.ckpt else 'tiny')
+    return model_sources.model_name(self.model, self.ckpt)
 
   def validate(self) -> TrainConfig:
     """Raises ConfigError naming the first bad flag; returns self when all are fine."""
