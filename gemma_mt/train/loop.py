@@ -107,10 +107,12 @@ def total_steps(config: TrainConfig, num_train_examples: int,
 def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any,
              frozen: Any = None) -> dict[str, float]:
   """Loss and token accuracy over the whole eval split, weighted by target tokens."""
+  # Every batch is dispatched before any sum is read: the host builds the next batch while the
+  # devices compute, instead of waiting for each batch's sums in turn.
+  sums = [eval_fn(params, sharding.global_batch(local, mesh), frozen or {}) for local in batches]
   totals = np.zeros(3, dtype=np.float64)
-  for local in batches:
-    sums = eval_fn(params, sharding.global_batch(local, mesh), frozen or {})
-    totals += np.asarray(jax.device_get(jnp.stack(sums)), dtype=np.float64)
+  for batch_sums in jax.device_get(sums):  # summed in float64, in batch order
+    totals += np.asarray(batch_sums, dtype=np.float64)
   loss_sum, num_tokens, num_correct = totals
   return {'eval_loss': loss_sum / max(num_tokens, 1.0),
           'eval_accuracy': num_correct / max(num_tokens, 1.0)}
