@@ -194,3 +194,29 @@ def test_chunked_loss_never_holds_the_full_logits():
     return grad.lower(abstract_params, batch).compile().memory_analysis().temp_size_in_bytes
 
   assert temporaries(8) < logits_bytes < temporaries(0) / 2
+
+
+def test_evaluation_counts_every_batch_and_weighs_tokens(tiny, demo_tokenizer):
+  """``loop.evaluate`` over 7 batches of 8 (the last one filled with rows that weigh nothing),
+  its sums read batches after they are dispatched: the loss and accuracy of one batch of all 50
+  examples."""
+  from gemma_mt.data import pipeline, records, sources
+  from gemma_mt.train import loop, sharding
+  from gemma_mt.train.mesh_spec import MeshSpec
+
+  model, params = tiny
+  pairs, _ = sources.read_pairs(sources.DatasetSpec.parse('demo'), 'valid')
+  examples, _ = pipeline.encode_examples(pairs[:50], demo_tokenizer, records.PromptFormat(),
+                                         max_seq_len=48)
+  assert len(examples) == 50
+  mesh = sharding.make_mesh(MeshSpec.parse('data:1'), jax.devices()[:1])
+  eval_fn = _jitted(step_lib.eval_step, model=model, pad_id=demo_tokenizer.pad_id)
+
+  def evaluate(batch_size: int) -> dict[str, float]:
+    return loop.evaluate(eval_fn, params, pipeline.eval_dataset(
+        examples, max_seq_len=48, pad_id=demo_tokenizer.pad_id, global_batch_size=batch_size),
+        mesh)
+
+  batched, whole = evaluate(8), evaluate(56)
+  assert batched['eval_loss'] == pytest.approx(whole['eval_loss'], rel=1e-6)
+  assert batched['eval_accuracy'] == pytest.approx(whole['eval_accuracy'], rel=1e-6)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -45,6 +46,8 @@ from gemma_mt.train.mesh_spec import MeshSpec
 from gemma_mt.decoding import Translator
 
 _LOG = logging.getLogger(__name__)
+# Evaluation batches dispatched ahead of the one whose sums are read (see evaluate).
+_EVAL_BATCHES_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +110,15 @@ def total_steps(config: TrainConfig, num_train_examples: int,
 def evaluate(eval_fn: Any, params: Any, batches: Any, mesh: Any,
              frozen: Any = None) -> dict[str, float]:
   """Loss and token accuracy over the whole eval split, weighted by target tokens."""
-  # Every batch is dispatched before any sum is read: the host builds the next batch while the
-  # devices compute, instead of waiting for each batch's sums in turn.
-  sums = [eval_fn(params, sharding.global_batch(local, mesh), frozen or {}) for local in batches]
   totals = np.zeros(3, dtype=np.float64)
-  for batch_sums in jax.device_get(sums):  # summed in float64, in batch order
+  # A batch's sums are read two batches later: the host builds the next batches while the devices
+  # compute, and no more than three batches wait on the devices (their inputs held in memory).
+  pending: collections.deque[Any] = collections.deque()
+  for local in batches:
+    pending.append(eval_fn(params, sharding.global_batch(local, mesh), frozen or {}))
+    if len(pending) > _EVAL_BATCHES_IN_FLIGHT:
+      totals += np.asarray(jax.device_get(pending.popleft()), dtype=np.float64)
+  for batch_sums in jax.device_get(list(pending)):  # float64, in batch order
     totals += np.asarray(batch_sums, dtype=np.float64)
   loss_sum, num_tokens, num_correct = totals
   return {'eval_loss': loss_sum / max(num_tokens, 1.0),
