@@ -1,7 +1,8 @@
 """``python -m gemma_mt.export --workdir=W --out=DIR [--format=gemma|hf]``: a run's parameters.
 
-``--format=gemma`` (default): ``DIR/params`` is an Orbax checkpoint of the parameters in the
-gemma library's layout (the nesting ``gm.nn.Transformer`` takes; ``gm.ckpts.load_params`` or
+``--format=gemma`` (default): ``DIR/params`` is an Orbax checkpoint of the parameters as host
+arrays (no device sharding recorded) in the gemma library's layout (the nesting
+``gm.nn.Transformer`` takes; ``gm.ckpts.load_params`` or
 ``orbax.checkpoint.PyTreeCheckpointer().restore`` read it), ``DIR/config.json`` the run's config
 and ``DIR/tokenizer.model`` its tokenizer.
 
@@ -97,7 +98,9 @@ def export_params(workdir: str, out: str, step: int | str | None = None,
                          jax.numpy.dtype(dtype))
     return out
   target = os.path.join(out, 'params')
-  ocp.PyTreeCheckpointer().save(target, params)
+  # Host arrays, whatever the source (a LoRA merge is on the devices): the checkpoint then
+  # records no device sharding, and loads as it is on any device count or platform.
+  ocp.PyTreeCheckpointer().save(target, jax.device_get(params))
   with open(os.path.join(out, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json())
   return target

@@ -270,7 +270,10 @@ def test_exports_translate_and_refusals(cli_reference, tmp_path):
   base_layout, frozen, adapters = frozen_base.restore_lora_run(str(workdir), 16,
                                                                _saved_config(workdir, 16))
   adapted = base_layout.model.apply({'params': lora.combine(frozen, adapters)}, TOKENS).logits
+  # Host arrays, as a full run's export (test_checkpoint): no sharding of this process's devices
+  # is recorded, so the export loads on any device count (Orbax would warn that it is unsafe).
   merged = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'merged' / 'params'))
+  assert all(type(x) is np.ndarray for x in jax.tree.leaves(merged))
   np.testing.assert_allclose(np.asarray(_tiny().apply({'params': merged}, TOKENS).logits),
                              np.asarray(adapted), atol=2e-5)
   peft_config = json.loads((tmp_path / 'peft' / 'adapter_config.json').read_text())
