@@ -99,8 +99,10 @@ def export_params(workdir: str, out: str, step: int | str | None = None,
     return out
   target = os.path.join(out, 'params')
   # Host arrays, whatever the source (a LoRA merge is on the devices): the checkpoint then
-  # records no device sharding, and loads as it is on any device count or platform.
-  ocp.PyTreeCheckpointer().save(target, jax.device_get(params))
+  # records no device sharding, and loads as it is on any device count or platform. Rebound,
+  # so that the device copies can be freed before the write.
+  params = jax.device_get(params)
+  ocp.PyTreeCheckpointer().save(target, params)
   with open(os.path.join(out, 'config.json'), 'w', encoding='utf-8') as f:
     f.write(config.to_json())
   return target
